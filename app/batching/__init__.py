@@ -1,0 +1,21 @@
+"""Dynamic batching of inference requests, one worker per model variant."""
+
+from __future__ import annotations
+
+from app.batching.batcher import (
+    DEFAULT_SERVICE_RATE,
+    BatchObserver,
+    Batcher,
+    BatchStats,
+    Completed,
+    PredictFn,
+)
+
+__all__ = [
+    "DEFAULT_SERVICE_RATE",
+    "BatchObserver",
+    "BatchStats",
+    "Batcher",
+    "Completed",
+    "PredictFn",
+]

@@ -1,0 +1,72 @@
+"""All configuration in one pydantic-settings object, read from ``MOBILENET_*`` variables.
+
+Nothing reads the environment anywhere else. Build one with ``Settings()`` (or pass
+fields explicitly in tests); the app keeps it on ``app.state.settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+class Settings(BaseSettings):
+    """Service settings; every field is ``MOBILENET_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MOBILENET_", env_file=None, extra="ignore")
+
+    # --- serving ---
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where models run: auto = CUDA if present, else CPU.")
+    variants: list[str] | None = Field(
+        None, description="Variant names to load (comma list); default: every one present.")
+    backend: Literal["auto", "torch", "onnx", "litert"] = Field(
+        "auto", description="Inference backend; auto picks per variant and device.")
+    threads: int = Field(default_factory=_default_threads, ge=1,
+                         description="CPU threads for inference (torch intra-op).")
+    decode_threads: int = Field(default_factory=_default_threads, ge=1,
+                                description="Threads decoding and preprocessing uploads.")
+
+    # --- batching ---
+    max_batch_size: int = Field(16, ge=1, le=512, description="Largest batch the worker runs.")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000,
+                               description="Longest a request waits for its batch to fill.")
+    queue_limit: int = Field(64, ge=1, description="Queued requests per variant before 503.")
+    request_timeout_ms: float = Field(
+        10_000, gt=0, description="Default per-request deadline (timeout_ms overrides).")
+
+    # --- intake ---
+    max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Upload size limit.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb pixel limit.")
+    max_batch_files: int = Field(32, ge=1, description="Files per /predict/batch request.")
+
+    # --- weights ---
+    weights_dir: Path = Field(Path("weights"), description="Converted weights and manifest.")
+    weights_mirror: Path | None = Field(
+        None, description="Directory holding upstream weight files (air-gapped installs).")
+
+    # --- operations ---
+    api_key: str | None = Field(None, description="If set, predict routes need this bearer token.")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins.")
+    log_json: bool = Field(False, description="Structured JSON logs.")
+    log_level: str = Field("info", description="Log level.")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="Drain time on SIGTERM.")
+    warmup: bool = Field(True, description="Run warm-up passes and the golden-image check.")
+
+    @field_validator("variants", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            return items or None
+        return value
