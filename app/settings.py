@@ -27,23 +27,34 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where models run: auto = CUDA if present, else CPU.")
+        "auto", description="Where models run: auto = CUDA if present, else CPU."
+    )
     variants: list[str] | None = Field(
-        None, description="Variant names to load (comma list); default: every one present.")
+        None, description="Variant names to load (comma list); default: every one present."
+    )
     backend: Literal["auto", "torch", "onnx", "litert"] = Field(
-        "auto", description="Inference backend; auto picks per variant and device.")
-    threads: int = Field(default_factory=_default_threads, ge=1,
-                         description="CPU threads for inference (torch intra-op).")
-    decode_threads: int = Field(default_factory=_default_threads, ge=1,
-                                description="Threads decoding and preprocessing uploads.")
+        "auto", description="Inference backend; auto picks per variant and device."
+    )
+    threads: int = Field(
+        default_factory=_default_threads,
+        ge=1,
+        description="CPU threads for inference (torch intra-op).",
+    )
+    decode_threads: int = Field(
+        default_factory=_default_threads,
+        ge=1,
+        description="Threads decoding and preprocessing uploads.",
+    )
 
     # --- batching ---
     max_batch_size: int = Field(16, ge=1, le=512, description="Largest batch the worker runs.")
-    max_wait_ms: float = Field(2.0, ge=0, le=1000,
-                               description="Longest a request waits for its batch to fill.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="Longest a request waits for its batch to fill."
+    )
     queue_limit: int = Field(64, ge=1, description="Queued requests per variant before 503.")
     request_timeout_ms: float = Field(
-        10_000, gt=0, description="Default per-request deadline (timeout_ms overrides).")
+        10_000, gt=0, description="Default per-request deadline (timeout_ms overrides)."
+    )
 
     # --- intake ---
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Upload size limit.")
@@ -53,7 +64,8 @@ class Settings(BaseSettings):
     # --- weights ---
     weights_dir: Path = Field(Path("weights"), description="Converted weights and manifest.")
     weights_mirror: Path | None = Field(
-        None, description="Directory holding upstream weight files (air-gapped installs).")
+        None, description="Directory holding upstream weight files (air-gapped installs)."
+    )
 
     # --- operations ---
     api_key: str | None = Field(None, description="If set, predict routes need this bearer token.")

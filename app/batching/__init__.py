@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from app.batching.batcher import (
     DEFAULT_SERVICE_RATE,
-    BatchObserver,
     Batcher,
+    BatchObserver,
     BatchStats,
     Completed,
     PredictFn,

@@ -205,7 +205,9 @@ class Batcher(Generic[T, R]):
         if task is not None and not task.done():
             await asyncio.wait((task,), timeout=grace_s)
             if not task.done():
-                log.warning("batcher %s: still busy after %.1fs grace, cancelling", self.name, grace_s)
+                log.warning(
+                    "batcher %s: still busy after %.1fs grace, cancelling", self.name, grace_s
+                )
                 task.cancel()
                 await asyncio.wait((task,))
         if self._own_executor:
@@ -233,7 +235,9 @@ class Batcher(Generic[T, R]):
                 retry_after=retry,
             )
         now = self._clock()
-        entry: _Entry[T, R] = _Entry(item, asyncio.get_running_loop().create_future(), now, deadline)
+        entry: _Entry[T, R] = _Entry(
+            item, asyncio.get_running_loop().create_future(), now, deadline
+        )
         fut = entry.future
         if deadline is not None and deadline <= now:
             self._expire(entry)
@@ -256,6 +260,8 @@ class Batcher(Generic[T, R]):
             if fut.cancelled():
                 self._unqueue(entry)
                 self._stats.cancelled += 1
+            else:
+                fut.exception()  # answered just before the cancel: mark any error as seen
             raise
 
     # --- worker -----------------------------------------------------------------------------
@@ -362,7 +368,9 @@ class Batcher(Generic[T, R]):
 
     # --- helpers ----------------------------------------------------------------------------
     def _fail(self, entries: list[_Entry[T, R]], exc: Exception) -> None:
-        log.error("batcher %s: predict failed on a batch of %d", self.name, len(entries), exc_info=exc)
+        log.error(
+            "batcher %s: predict failed on a batch of %d", self.name, len(entries), exc_info=exc
+        )
         for entry in entries:
             if not entry.future.done():
                 err = InferenceFailed(

@@ -12,7 +12,7 @@ import io
 import re
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from app.errors import CorruptImage, ImageTooLarge, UnsupportedMediaType
 
@@ -34,9 +34,7 @@ _KNOWN_OTHERS: tuple[tuple[bytes, str], ...] = (
     (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
     (b"\xff\x4f\xff\x51", "JPEG 2000"),
 )
-_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC",
-                b"mif1": "HEIF", b"msf1": "HEIF", b"qt  ": "QuickTime", b"isom": "MP4",
-                b"mp41": "MP4", b"mp42": "MP4"}  # fmt: skip
+_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF"}
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -72,8 +70,9 @@ def sniff_format(data: bytes) -> str:
     if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
         return "BMP"
     if not data:
-        raise UnsupportedMediaType(f"empty upload; accepted: {_ACCEPTED_TEXT}",
-                                   accepted=list(ACCEPTED_FORMATS))  # fmt: skip
+        raise UnsupportedMediaType(
+            f"empty upload; accepted: {_ACCEPTED_TEXT}", accepted=list(ACCEPTED_FORMATS)
+        )
     raise _unsupported(_describe_other(data))
 
 
@@ -114,8 +113,10 @@ def _too_large(size: tuple[int, int] | None, max_pixels: int, pixels: int = 0) -
     w, h = size
     return ImageTooLarge(
         f"image is {w}x{h} = {w * h / 1e6:.1f} MP; {limit}",
-        width=w, height=h, max_pixels=max_pixels,
-    )  # fmt: skip
+        width=w,
+        height=h,
+        max_pixels=max_pixels,
+    )
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -149,6 +150,8 @@ def decode_image(
     ``draft_to`` (width, height as displayed) lets a JPEG be decoded at 1/2, 1/4 or 1/8
     scale while staying at least that large: the biggest CPU saving of the service.
     Raises ``UnsupportedMediaType``, ``ImageTooLarge`` or ``CorruptImage``, nothing else.
+    Pillow's own guard (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP) stays as a backstop, so
+    ``max_pixels`` above it has no effect.
     """
     fmt = sniff_format(data)
     if fmt == "WEBP" and (size := _webp_size(data)) is not None:
@@ -172,11 +175,15 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise _bomb_error(data, fmt, exc, max_pixels) from exc
     except MemoryError as exc:
-        raise ImageTooLarge(f"not enough memory to decode this {fmt} image") from exc
+        raise ImageTooLarge(
+            f"not enough memory to decode this {fmt} image; "
+            f"the limit is {max_pixels / 1e6:.1f} MP when memory allows",
+            max_pixels=max_pixels,
+        ) from exc
     except Exception as exc:  # OSError, SyntaxError, ValueError, struct.error, EOFError...
+        reason = "unreadable header" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise CorruptImage(
-            f"cannot decode {fmt} image ({type(exc).__name__}: {exc}); "
-            "the file is truncated or damaged",
+            f"cannot decode {fmt} image ({reason[:200]}); the file is truncated or damaged",
             format=fmt,
         ) from exc
 

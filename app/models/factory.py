@@ -21,8 +21,9 @@ Origin = Literal["tflite", "torchvision", "random"]
 ARCHS: tuple[Arch, ...] = ("v1", "v2", "v3-small", "v3-large")
 
 
-def build_model(arch: Arch, *, width: float = 1.0, num_classes: int = 1000,
-                origin: Origin = "torchvision") -> nn.Module:
+def build_model(
+    arch: Arch, *, width: float = 1.0, num_classes: int = 1000, origin: Origin = "torchvision"
+) -> nn.Module:
     """An uninitialised (random-weight) model in eval mode, ready for ``load_state_dict``."""
     tf = origin == "tflite"
     # TF checkpoints fold BN into the conv bias: identity BN must not add an epsilon.

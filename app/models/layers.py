@@ -27,10 +27,12 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        top, bottom = tf_same_pads(h, kernel=self.kernel_size[0], stride=self.stride[0],
-                                   dilation=self.dilation[0])
-        left, right = tf_same_pads(w, kernel=self.kernel_size[1], stride=self.stride[1],
-                                   dilation=self.dilation[1])
+        top, bottom = tf_same_pads(
+            h, kernel=self.kernel_size[0], stride=self.stride[0], dilation=self.dilation[0]
+        )
+        left, right = tf_same_pads(
+            w, kernel=self.kernel_size[1], stride=self.stride[1], dilation=self.dilation[1]
+        )
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -45,10 +47,18 @@ def use_tf_same_padding(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Conv2d and max(child.stride) > 1:
-                same = Conv2dSame(child.in_channels, child.out_channels, child.kernel_size,
-                                  stride=child.stride, padding=0, dilation=child.dilation,
-                                  groups=child.groups, bias=child.bias is not None,
-                                  device=child.weight.device, dtype=child.weight.dtype)
+                same = Conv2dSame(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    padding=0,
+                    dilation=child.dilation,
+                    groups=child.groups,
+                    bias=child.bias is not None,
+                    device=child.weight.device,
+                    dtype=child.weight.dtype,
+                )
                 same.weight = child.weight
                 if child.bias is not None:
                     same.bias = child.bias

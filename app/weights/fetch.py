@@ -62,20 +62,23 @@ def _check_sha256(data: bytes, source: SourceFile, origin: str) -> None:
     if not actual.startswith(source.sha256):
         raise WeightsError(
             f"sha256 mismatch for {source.filename} from {origin}: expected {source.sha256}, "
-            f"got {actual}. The file is corrupt or not the expected release; nothing was written.")
+            f"got {actual}. The file is corrupt or not the expected release; nothing was written."
+        )
 
 
-def download(url: str, *, timeout: float = 60.0, progress: bool = True,
-             client: httpx.Client | None = None) -> bytes:
+def download(
+    url: str, *, timeout: float = 60.0, progress: bool = True, client: httpx.Client | None = None
+) -> bytes:
     """GET ``url`` (redirects followed) into memory; refuse errors and short transfers."""
     own = client is None
     client = client or httpx.Client(follow_redirects=True, timeout=timeout)
+    expected: int | None = None
+    buf = bytearray()
     try:
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise WeightsError(f"HTTP {response.status_code} fetching {url}")
             expected = int(response.headers.get("content-length", 0)) or None
-            buf = bytearray()
             bar = _progress_bar(url.rsplit("/", 1)[-1], expected) if progress else None
             for chunk in response.iter_bytes(1 << 16):
                 buf += chunk
@@ -86,6 +89,11 @@ def download(url: str, *, timeout: float = 60.0, progress: bool = True,
             if bar is not None:
                 bar.close()
     except httpx.HTTPError as exc:
+        if expected is not None and len(buf) < expected:  # h11 refuses a short body first
+            raise WeightsError(
+                f"truncated download of {url}: the connection closed before "
+                f"all {expected} bytes arrived ({exc!r})"
+            ) from exc
         raise WeightsError(f"download of {url} failed: {exc!r}") from exc
     finally:
         if own:
@@ -95,15 +103,26 @@ def download(url: str, *, timeout: float = 60.0, progress: bool = True,
     return bytes(buf)
 
 
-def _progress_bar(name: str, total: int | None):  # noqa: ANN202 - tqdm type is private
+def _progress_bar(name: str, total: int | None):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr,
-                disable=not sys.stderr.isatty())
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc=name,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+    )
 
 
-def obtain(source: SourceFile, *, mirror: Path | None, progress: bool = True,
-           client: httpx.Client | None = None) -> tuple[bytes, str]:
+def obtain(
+    source: SourceFile,
+    *,
+    mirror: Path | None,
+    progress: bool = True,
+    client: httpx.Client | None = None,
+) -> tuple[bytes, str]:
     """The verified bytes of one upstream file and where they came from."""
     if mirror is not None and (mirror / source.filename).is_file():
         where = f"mirror:{mirror / source.filename}"
@@ -117,8 +136,9 @@ def obtain(source: SourceFile, *, mirror: Path | None, progress: bool = True,
 
 def convert(spec: VariantSpec, files: list[bytes]) -> dict[str, torch.Tensor]:
     """Upstream bytes -> a state_dict for ``build_model(spec.arch, origin=spec.origin)``."""
-    model = build_model(spec.arch, width=spec.width, num_classes=spec.num_classes,
-                        origin=spec.origin)
+    model = build_model(
+        spec.arch, width=spec.width, num_classes=spec.num_classes, origin=spec.origin
+    )
     if spec.origin == "tflite":
         graphs = [TfliteGraph(data) for data in files]
         shape = graphs[0].input_shape()
@@ -130,14 +150,23 @@ def convert(spec: VariantSpec, files: list[bytes]) -> dict[str, torch.Tensor]:
             mean = float(quant.zero_point[0]) / 255
             std = 1 / (float(quant.scale[0]) * 255)
             if abs(pre.mean[0] - mean) > 1e-6 or abs(pre.std[0] - std) > 1e-6:
-                raise WeightsError(f"{spec.name}: spec preprocessing mean/std {pre.mean[0]:.6f}/"
-                                   f"{pre.std[0]:.6f} differ from the file's input "
-                                   f"quantization {mean:.6f}/{std:.6f}")
-        state = tflite_state_dict(model, graphs,
-                                  drop_background=spec.upstream_classes == spec.num_classes + 1)
+                raise WeightsError(
+                    f"{spec.name}: spec preprocessing mean/std {pre.mean[0]:.6f}/"
+                    f"{pre.std[0]:.6f} differ from the file's input "
+                    f"quantization {mean:.6f}/{std:.6f}"
+                )
+        state = tflite_state_dict(
+            model, graphs, drop_background=spec.upstream_classes == spec.num_classes + 1
+        )
     else:
         # weights_only: never unpickle arbitrary objects from a downloaded file.
-        state = torch.load(io.BytesIO(files[0]), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(io.BytesIO(files[0]), map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError, zip errors: not a WeightsError otherwise
+            raise WeightsError(
+                f"{spec.name}: {spec.sources[0].filename} is not a loadable "
+                f"weights-only checkpoint: {exc}"
+            ) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -145,9 +174,15 @@ def convert(spec: VariantSpec, files: list[bytes]) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def fetch_variant(spec: VariantSpec, *, weights_dir: Path, mirror: Path | None,
-                  force: bool = False, progress: bool = True,
-                  client: httpx.Client | None = None) -> FetchResult:
+def fetch_variant(
+    spec: VariantSpec,
+    *,
+    weights_dir: Path,
+    mirror: Path | None,
+    force: bool = False,
+    progress: bool = True,
+    client: httpx.Client | None = None,
+) -> FetchResult:
     """Fetch, verify, convert and store one variant (idempotent)."""
     if not force and store.is_current(weights_dir, spec):
         return FetchResult(spec.name, "up-to-date")
@@ -162,8 +197,10 @@ def fetch_variant(spec: VariantSpec, *, weights_dir: Path, mirror: Path | None,
             store.write_source(weights_dir, source.filename, data)
     entry = {
         "origin": spec.origin,
-        "sources": [{"filename": s.filename, "url": s.url, "sha256": s.sha256, "from": w}
-                    for s, w in zip(spec.sources, origins, strict=True)],
+        "sources": [
+            {"filename": s.filename, "url": s.url, "sha256": s.sha256, "from": w}
+            for s, w in zip(spec.sources, origins, strict=True)
+        ],
         "converted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "license": spec.license,
     }
@@ -171,16 +208,28 @@ def fetch_variant(spec: VariantSpec, *, weights_dir: Path, mirror: Path | None,
     return FetchResult(spec.name, "fetched", ", ".join(origins))
 
 
-def fetch_variants(specs: Iterable[VariantSpec], *, weights_dir: Path, mirror: Path | None,
-                   force: bool = False, progress: bool = True,
-                   on_result: Callable[[FetchResult], None] | None = None) -> list[FetchResult]:
+def fetch_variants(
+    specs: Iterable[VariantSpec],
+    *,
+    weights_dir: Path,
+    mirror: Path | None,
+    force: bool = False,
+    progress: bool = True,
+    on_result: Callable[[FetchResult], None] | None = None,
+) -> list[FetchResult]:
     """Fetch several variants; one failure does not stop the others."""
     results = []
     with httpx.Client(follow_redirects=True, timeout=60.0) as client:
         for spec in specs:
             try:
-                result = fetch_variant(spec, weights_dir=weights_dir, mirror=mirror, force=force,
-                                       progress=progress, client=client)
+                result = fetch_variant(
+                    spec,
+                    weights_dir=weights_dir,
+                    mirror=mirror,
+                    force=force,
+                    progress=progress,
+                    client=client,
+                )
             except WeightsError as exc:
                 result = FetchResult(spec.name, "failed", exc.message)
             results.append(result)

@@ -18,8 +18,10 @@ from app.models.factory import Arch
 Origin = Literal["tflite", "torchvision"]
 
 CORAL = "https://github.com/google-coral/test_data/raw/104342d2d3480b3e66203073dac24f4e2dbb4c41"
-ATU = ("https://github.com/weilly0912/ATU_Model_Zoo/raw/16742989779cd175d708afd02c3c748a86494027"
-       "/Classification")
+ATU = (
+    "https://github.com/weilly0912/ATU_Model_Zoo/raw/16742989779cd175d708afd02c3c748a86494027"
+    "/Classification"
+)
 TORCHVISION = "https://download.pytorch.org/models"
 CORAL_LICENSE = "Apache-2.0 (google-coral/test_data; TF Lite release by Google)"
 ATU_LICENSE = "Apache-2.0 (TF Lite release by Google), redistributed under MIT by ATU_Model_Zoo"
@@ -78,96 +80,230 @@ class VariantSpec:
         return self.arch
 
 
-def _tf(arch: Arch, width: float, res: int, *, sources: tuple[SourceFile, ...], params: int,
-        license: str, accuracy: Accuracy, input_scale: float = 1 / 128, notes: str = "") -> VariantSpec:
+def _tf(
+    arch: Arch,
+    width: float,
+    res: int,
+    *,
+    sources: tuple[SourceFile, ...],
+    params: int,
+    license: str,
+    accuracy: Accuracy,
+    input_scale: float = 1 / 128,
+    notes: str = "",
+) -> VariantSpec:
     return VariantSpec(
-        name=f"{arch}-{width}-{res}", arch=arch, width=width, resolution=res, origin="tflite",
-        sources=sources, params=params, license=license, accuracy=accuracy,
+        name=f"{arch}-{width}-{res}",
+        arch=arch,
+        width=width,
+        resolution=res,
+        origin="tflite",
+        sources=sources,
+        params=params,
+        license=license,
+        accuracy=accuracy,
         preprocessing=tf_preprocessing(res, input_scale=input_scale, input_zero_point=128),
-        upstream_classes=1001, quantized=True, notes=notes,
+        upstream_classes=1001,
+        quantized=True,
+        notes=notes,
     )
 
 
-def _coral(filename: str, sha256: str, *, path: str | None = None,
-           role: Literal["model", "features", "head"] = "model") -> SourceFile:
-    return SourceFile(filename=filename, url=f"{CORAL}/{path or filename}", sha256=sha256, role=role)
+def _coral(
+    filename: str,
+    sha256: str,
+    *,
+    path: str | None = None,
+    role: Literal["model", "features", "head"] = "model",
+) -> SourceFile:
+    return SourceFile(
+        filename=filename, url=f"{CORAL}/{path or filename}", sha256=sha256, role=role
+    )
 
 
 _SLIM_V1 = "TF-slim mobilenet_v1.md (8-bit quantized)"
-_V1_NOTE = ("Quantization-aware uint8 TF Lite release, dequantized to float32; background "
-            "class dropped (1001 -> 1000).")
+_V1_NOTE = (
+    "Quantization-aware uint8 TF Lite release, dequantized to float32; background "
+    "class dropped (1001 -> 1000)."
+)
 
 SPECS: tuple[VariantSpec, ...] = (
-    _tf("v1", 0.25, 128, params=470_072, license=CORAL_LICENSE, notes=_V1_NOTE,
-        sources=(_coral("mobilenet_v1_0.25_128_quant.tflite",
-                        "cb273c23ee76374b05b9583177e28aa19744858a7679c56a250e83d0333da785"),),
-        accuracy=Accuracy(top1=39.9, top5=65.8, source=_SLIM_V1)),
-    _tf("v1", 0.5, 160, params=1_331_592, license=CORAL_LICENSE, notes=_V1_NOTE,
-        sources=(_coral("mobilenet_v1_0.5_160_quant.tflite",
-                        "3cc6d2ca460abd2e0f699a6d0d2550c6b61c6e3b0e27a3616e384ea74cb86f43"),),
-        accuracy=Accuracy(top1=57.7, top5=81.3, source=_SLIM_V1)),
-    _tf("v1", 0.75, 192, params=2_585_560, license=CORAL_LICENSE, notes=_V1_NOTE,
-        sources=(_coral("mobilenet_v1_0.75_192_quant.tflite",
-                        "41daeb22fdcf947e0e5ec32373aa9df7c31f3ef45dbd0ef7b5940fbce3c20f6a"),),
-        accuracy=Accuracy(top1=66.2, top5=87.1, source=_SLIM_V1)),
-    _tf("v1", 0.75, 224, params=2_585_560, license=ATU_LICENSE, notes=_V1_NOTE,
-        sources=(SourceFile(
-            filename="mobilenet_v1_0.75_224_quant.tflite",
-            url=f"{ATU}/mobilenet_v1/mobilenet_v1_0.75_224_quant.tflite",
-            sha256="c840ef6d6284a744a4b7c29c9fca0e66b71a20ea55ce1c8a705d2cfe11190eb6"),),
-        accuracy=Accuracy(top1=67.9, top5=88.1, source=_SLIM_V1)),
-    _tf("v1", 1.0, 224, params=4_231_976, license=CORAL_LICENSE,
+    _tf(
+        "v1",
+        0.25,
+        128,
+        params=470_072,
+        license=CORAL_LICENSE,
+        notes=_V1_NOTE,
+        sources=(
+            _coral(
+                "mobilenet_v1_0.25_128_quant.tflite",
+                "cb273c23ee76374b05b9583177e28aa19744858a7679c56a250e83d0333da785",
+            ),
+        ),
+        accuracy=Accuracy(top1=39.9, top5=65.8, source=_SLIM_V1),
+    ),
+    _tf(
+        "v1",
+        0.5,
+        160,
+        params=1_331_592,
+        license=CORAL_LICENSE,
+        notes=_V1_NOTE,
+        sources=(
+            _coral(
+                "mobilenet_v1_0.5_160_quant.tflite",
+                "3cc6d2ca460abd2e0f699a6d0d2550c6b61c6e3b0e27a3616e384ea74cb86f43",
+            ),
+        ),
+        accuracy=Accuracy(top1=57.7, top5=81.3, source=_SLIM_V1),
+    ),
+    _tf(
+        "v1",
+        0.75,
+        192,
+        params=2_585_560,
+        license=CORAL_LICENSE,
+        notes=_V1_NOTE,
+        sources=(
+            _coral(
+                "mobilenet_v1_0.75_192_quant.tflite",
+                "41daeb22fdcf947e0e5ec32373aa9df7c31f3ef45dbd0ef7b5940fbce3c20f6a",
+            ),
+        ),
+        accuracy=Accuracy(top1=66.2, top5=87.1, source=_SLIM_V1),
+    ),
+    _tf(
+        "v1",
+        0.75,
+        224,
+        params=2_585_560,
+        license=ATU_LICENSE,
+        notes=_V1_NOTE,
+        sources=(
+            SourceFile(
+                filename="mobilenet_v1_0.75_224_quant.tflite",
+                url=f"{ATU}/mobilenet_v1/mobilenet_v1_0.75_224_quant.tflite",
+                sha256="c840ef6d6284a744a4b7c29c9fca0e66b71a20ea55ce1c8a705d2cfe11190eb6",
+            ),
+        ),
+        accuracy=Accuracy(top1=67.9, top5=88.1, source=_SLIM_V1),
+    ),
+    _tf(
+        "v1",
+        1.0,
+        224,
+        params=4_231_976,
+        license=CORAL_LICENSE,
         notes=_V1_NOTE + " Upstream ships it as two files: feature extractor + logits head.",
         sources=(
-            _coral("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite",
-                   "f409ef4f73fcbb9667841965623c5c8524aac33d41b9bf5f3667161fb4a76319",
-                   role="features"),
-            _coral("mobilenet_v1_1.0_224_quant_head_layers.tflite",
-                   "65a88984b258c6f3c99d7573acac8cf85bd747293d83d51fafc1c2fb6d632286",
-                   path="tools/mobilenet_quant_v1_224_head_layers.tflite", role="head"),
+            _coral(
+                "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite",
+                "f409ef4f73fcbb9667841965623c5c8524aac33d41b9bf5f3667161fb4a76319",
+                role="features",
+            ),
+            _coral(
+                "mobilenet_v1_1.0_224_quant_head_layers.tflite",
+                "65a88984b258c6f3c99d7573acac8cf85bd747293d83d51fafc1c2fb6d632286",
+                path="tools/mobilenet_quant_v1_224_head_layers.tflite",
+                role="head",
+            ),
         ),
-        accuracy=Accuracy(top1=69.7, top5=89.5, source=_SLIM_V1)),
-    _tf("v2", 1.0, 224, params=3_504_872, license=CORAL_LICENSE,
+        accuracy=Accuracy(top1=69.7, top5=89.5, source=_SLIM_V1),
+    ),
+    _tf(
+        "v2",
+        1.0,
+        224,
+        params=3_504_872,
+        license=CORAL_LICENSE,
         notes="Quantization-aware uint8 TF Lite release; background class dropped.",
-        sources=(_coral("mobilenet_v2_1.0_224_quant.tflite",
-                        "7aad0c74c5e3c06e5eb3c827e13304fdd68a83da6087d92ee169c24ff9fd4776"),),
-        accuracy=Accuracy(top1=70.8, top5=89.9, source="TF Lite hosted models (quantized)")),
-    _tf("v3-small", 1.0, 224, params=2_542_856, license=ATU_LICENSE, input_scale=1 / 127,
+        sources=(
+            _coral(
+                "mobilenet_v2_1.0_224_quant.tflite",
+                "7aad0c74c5e3c06e5eb3c827e13304fdd68a83da6087d92ee169c24ff9fd4776",
+            ),
+        ),
+        accuracy=Accuracy(top1=70.8, top5=89.9, source="TF Lite hosted models (quantized)"),
+    ),
+    _tf(
+        "v3-small",
+        1.0,
+        224,
+        params=2_542_856,
+        license=ATU_LICENSE,
+        input_scale=1 / 127,
         notes="Official MobileNetV3-Small 1.0 uint8 release; background class dropped.",
-        sources=(SourceFile(
-            filename="v3-small_224_1.0_uint8.tflite",
-            url=f"{ATU}/mobilenet_v3/v3-small_224_1.0_uint8.tflite",
-            sha256="da341cf06fa50127a72dcbeb140ee5ee98013630aa044260a4c3d45c43fc89ce"),),
-        accuracy=Accuracy(top1=64.9, top5=None, source="TF-slim mobilenet/README.md (8-bit)")),
+        sources=(
+            SourceFile(
+                filename="v3-small_224_1.0_uint8.tflite",
+                url=f"{ATU}/mobilenet_v3/v3-small_224_1.0_uint8.tflite",
+                sha256="da341cf06fa50127a72dcbeb140ee5ee98013630aa044260a4c3d45c43fc89ce",
+            ),
+        ),
+        accuracy=Accuracy(top1=64.9, top5=None, source="TF-slim mobilenet/README.md (8-bit)"),
+    ),
     VariantSpec(
-        name="v2-1.0-224-torchvision", arch="v2", width=1.0, resolution=224,
-        origin="torchvision", params=3_504_872, license=TV_LICENSE,
+        name="v2-1.0-224-torchvision",
+        arch="v2",
+        width=1.0,
+        resolution=224,
+        origin="torchvision",
+        params=3_504_872,
+        license=TV_LICENSE,
         preprocessing=torchvision_preprocessing(224, resize_size=256),
-        sources=(SourceFile(filename="mobilenet_v2-b0353104.pth",
-                            url=f"{TORCHVISION}/mobilenet_v2-b0353104.pth", sha256="b0353104"),),
-        accuracy=Accuracy(top1=71.878, top5=90.286, source="torchvision IMAGENET1K_V1")),
+        sources=(
+            SourceFile(
+                filename="mobilenet_v2-b0353104.pth",
+                url=f"{TORCHVISION}/mobilenet_v2-b0353104.pth",
+                sha256="b0353104",
+            ),
+        ),
+        accuracy=Accuracy(top1=71.878, top5=90.286, source="torchvision IMAGENET1K_V1"),
+    ),
     VariantSpec(
-        name="v3-small-1.0-224-torchvision", arch="v3-small", width=1.0, resolution=224,
-        origin="torchvision", params=2_542_856, license=TV_LICENSE,
+        name="v3-small-1.0-224-torchvision",
+        arch="v3-small",
+        width=1.0,
+        resolution=224,
+        origin="torchvision",
+        params=2_542_856,
+        license=TV_LICENSE,
         preprocessing=torchvision_preprocessing(224, resize_size=256),
-        sources=(SourceFile(filename="mobilenet_v3_small-047dcff4.pth",
-                            url=f"{TORCHVISION}/mobilenet_v3_small-047dcff4.pth",
-                            sha256="047dcff4"),),
-        accuracy=Accuracy(top1=67.668, top5=87.402, source="torchvision IMAGENET1K_V1")),
+        sources=(
+            SourceFile(
+                filename="mobilenet_v3_small-047dcff4.pth",
+                url=f"{TORCHVISION}/mobilenet_v3_small-047dcff4.pth",
+                sha256="047dcff4",
+            ),
+        ),
+        accuracy=Accuracy(top1=67.668, top5=87.402, source="torchvision IMAGENET1K_V1"),
+    ),
     VariantSpec(
-        name="v3-large-1.0-224-torchvision", arch="v3-large", width=1.0, resolution=224,
-        origin="torchvision", params=5_483_032, license=TV_LICENSE,
+        name="v3-large-1.0-224-torchvision",
+        arch="v3-large",
+        width=1.0,
+        resolution=224,
+        origin="torchvision",
+        params=5_483_032,
+        license=TV_LICENSE,
         preprocessing=torchvision_preprocessing(224, resize_size=256),
-        sources=(SourceFile(filename="mobilenet_v3_large-8738ca79.pth",
-                            url=f"{TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
-                            sha256="8738ca79"),),
-        accuracy=Accuracy(top1=74.042, top5=91.340, source="torchvision IMAGENET1K_V1")),
+        sources=(
+            SourceFile(
+                filename="mobilenet_v3_large-8738ca79.pth",
+                url=f"{TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
+                sha256="8738ca79",
+            ),
+        ),
+        accuracy=Accuracy(top1=74.042, top5=91.340, source="torchvision IMAGENET1K_V1"),
+    ),
 )
 
 SPECS_BY_NAME: dict[str, VariantSpec] = {s.name: s for s in SPECS}
 
-LABELS_FILE = _coral("imagenet_labels.txt",
-                     "b8aaeb5630c62626a7d124a05c0e14230a7ffdd2136a31d0190a4fb71c1d82f1")
+LABELS_FILE = _coral(
+    "imagenet_labels.txt", "b8aaeb5630c62626a7d124a05c0e14230a7ffdd2136a31d0190a4fb71c1d82f1"
+)
 
 
 def get_spec(name: str) -> VariantSpec:

@@ -74,28 +74,39 @@ def read_manifest(weights_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"{path} is unreadable ({exc}); re-run `mobilenet-serve weights "
-                           "fetch --force`") from exc
+        raise WeightsError(
+            f"{path} is unreadable ({exc}); re-run `mobilenet-serve weights fetch --force`"
+        ) from exc
     data.setdefault("variants", {})
     return data
 
 
-def write_variant(weights_dir: Path, spec: VariantSpec, state: dict[str, torch.Tensor], *,
-                  entry: dict[str, Any]) -> Path:
+def write_variant(
+    weights_dir: Path, spec: VariantSpec, state: dict[str, torch.Tensor], *, entry: dict[str, Any]
+) -> Path:
     """Atomically write one converted variant and record it in the manifest."""
     final = weights_dir / spec.filename
-    metadata = {"variant": spec.name, "arch": spec.arch, "width": str(spec.width),
-                "resolution": str(spec.resolution), "origin": spec.origin,
-                "num_classes": str(spec.num_classes),
-                "sources": json.dumps([s.sha256 for s in spec.sources])}
+    metadata = {
+        "variant": spec.name,
+        "arch": spec.arch,
+        "width": str(spec.width),
+        "resolution": str(spec.resolution),
+        "origin": spec.origin,
+        "num_classes": str(spec.num_classes),
+        "sources": json.dumps([s.sha256 for s in spec.sources]),
+    }
     with atomic_path(final) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
         digest = sha256_file(tmp)
     with _locked(weights_dir):
         manifest = read_manifest(weights_dir)
         manifest["format"] = FORMAT_VERSION
-        manifest["variants"][spec.name] = {**entry, "file": spec.filename, "sha256": digest,
-                                           "bytes": final.stat().st_size}
+        manifest["variants"][spec.name] = {
+            **entry,
+            "file": spec.filename,
+            "sha256": digest,
+            "bytes": final.stat().st_size,
+        }
         with atomic_path(weights_dir / MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return final
@@ -137,16 +148,23 @@ def load_model(weights_dir: Path, spec: VariantSpec, *, verify: bool = True) -> 
     path = weights_dir / spec.filename
     entry = read_manifest(weights_dir)["variants"].get(spec.name)
     if entry is None or not path.exists():
-        raise WeightsError(f"weights for {spec.name} are missing from {weights_dir}; run "
-                           f"`mobilenet-serve weights fetch {spec.name}`", variant=spec.name)
+        raise WeightsError(
+            f"weights for {spec.name} are missing from {weights_dir}; run "
+            f"`mobilenet-serve weights fetch {spec.name}`",
+            variant=spec.name,
+        )
     if verify:
         actual = sha256_file(path)
         if actual != entry["sha256"]:
-            raise WeightsError(f"{path} fails its sha256 check (manifest {entry['sha256'][:12]}…, "
-                               f"file {actual[:12]}…); re-run `mobilenet-serve weights fetch "
-                               f"--force {spec.name}`", variant=spec.name)
-    model = build_model(spec.arch, width=spec.width, num_classes=spec.num_classes,
-                        origin=spec.origin)
+            raise WeightsError(
+                f"{path} fails its sha256 check (manifest {entry['sha256'][:12]}…, "
+                f"file {actual[:12]}…); re-run `mobilenet-serve weights fetch "
+                f"--force {spec.name}`",
+                variant=spec.name,
+            )
+    model = build_model(
+        spec.arch, width=spec.width, num_classes=spec.num_classes, origin=spec.origin
+    )
     try:
         model.load_state_dict(load_file(str(path)), strict=True)
     except (RuntimeError, OSError) as exc:

@@ -24,8 +24,12 @@ from app.errors import WeightsError
 
 _OP_NAMES = {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
 _NP_TYPES = {
-    TensorType.UINT8: np.uint8, TensorType.INT8: np.int8, TensorType.INT32: np.int32,
-    TensorType.FLOAT32: np.float32, TensorType.INT64: np.int64, TensorType.INT16: np.int16,
+    TensorType.UINT8: np.uint8,
+    TensorType.INT8: np.int8,
+    TensorType.INT32: np.int32,
+    TensorType.FLOAT32: np.float32,
+    TensorType.INT64: np.int64,
+    TensorType.INT16: np.int16,
 }
 PARAMETRIC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -68,8 +72,13 @@ class TfliteGraph:
             op = self._graph.Operators(i)
             code = self._model.OperatorCodes(op.OpcodeIndex())
             builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-            out.append((_OP_NAMES.get(builtin, str(builtin)),
-                        [int(t) for t in op.InputsAsNumpy()], [int(t) for t in op.OutputsAsNumpy()]))
+            out.append(
+                (
+                    _OP_NAMES.get(builtin, str(builtin)),
+                    [int(t) for t in op.InputsAsNumpy()],
+                    [int(t) for t in op.OutputsAsNumpy()],
+                )
+            )
         return out
 
     def shape(self, index: int) -> tuple[int, ...]:
@@ -79,9 +88,11 @@ class TfliteGraph:
         q = self._graph.Tensors(index).Quantization()
         if q is None or q.ScaleLength() == 0:
             return None
-        return Quant(scale=q.ScaleAsNumpy().astype(np.float64),
-                     zero_point=q.ZeroPointAsNumpy().astype(np.float64),
-                     axis=int(q.QuantizedDimension()))
+        return Quant(
+            scale=q.ScaleAsNumpy().astype(np.float64),
+            zero_point=q.ZeroPointAsNumpy().astype(np.float64),
+            axis=int(q.QuantizedDimension()),
+        )
 
     def input_quant(self) -> Quant | None:
         return self.quant(int(self._graph.Inputs(0)))
@@ -116,8 +127,14 @@ class TfliteGraph:
                 w = w.transpose(0, 3, 1, 2)
             elif name == "DEPTHWISE_CONV_2D":  # [1, H, W, C] -> [C, 1, H, W]
                 w = w.transpose(3, 0, 1, 2)
-            layers.append(Layer(op=name, weight=np.ascontiguousarray(w), bias=bias,
-                                output_quant=self.quant(outputs[0])))
+            layers.append(
+                Layer(
+                    op=name,
+                    weight=np.ascontiguousarray(w),
+                    bias=bias,
+                    output_quant=self.quant(outputs[0]),
+                )
+            )
         return layers
 
 
@@ -154,14 +171,20 @@ def _slots(model: nn.Module) -> list[_Slot]:
             if nxt is None or not isinstance(nxt[1], nn.BatchNorm2d):
                 raise WeightsError(f"layer {name} has neither a bias nor a following BN")
             bn = nxt[0]
-        slots.append(_Slot(weight_key=f"{name}.weight",
-                           bias_key=f"{name}.bias" if module.bias is not None else None,
-                           bn_prefix=bn, shape=tuple(module.weight.shape)))
+        slots.append(
+            _Slot(
+                weight_key=f"{name}.weight",
+                bias_key=f"{name}.bias" if module.bias is not None else None,
+                bn_prefix=bn,
+                shape=tuple(module.weight.shape),
+            )
+        )
     return slots
 
 
-def tflite_state_dict(model: nn.Module, graphs: list[TfliteGraph], *,
-                      drop_background: bool = True) -> dict[str, torch.Tensor]:
+def tflite_state_dict(
+    model: nn.Module, graphs: list[TfliteGraph], *, drop_background: bool = True
+) -> dict[str, torch.Tensor]:
     """A complete state_dict for ``model`` from one or more chained TF Lite graphs.
 
     Several graphs are concatenated in order (V1 1.0/224 ships as a feature extractor
@@ -171,8 +194,10 @@ def tflite_state_dict(model: nn.Module, graphs: list[TfliteGraph], *,
     layers = [layer for g in graphs for layer in g.layers()]
     slots = _slots(model)
     if len(layers) != len(slots):
-        raise WeightsError(f"the TF Lite file has {len(layers)} conv/linear layers, "
-                           f"the architecture has {len(slots)}: wrong variant for this file?")
+        raise WeightsError(
+            f"the TF Lite file has {len(layers)} conv/linear layers, "
+            f"the architecture has {len(slots)}: wrong variant for this file?"
+        )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for index, (layer, slot) in enumerate(zip(layers, slots, strict=True)):
         weight, bias = layer.weight, layer.bias
@@ -183,8 +208,10 @@ def tflite_state_dict(model: nn.Module, graphs: list[TfliteGraph], *,
         if len(slot.shape) == 2 and weight.ndim == 4:  # 1x1 conv head -> nn.Linear
             weight = weight.reshape(weight.shape[0], -1)
         if tuple(weight.shape) != slot.shape:
-            raise WeightsError(f"layer {index} ({layer.op}) has shape {tuple(weight.shape)}, "
-                               f"{slot.weight_key} expects {slot.shape}")
+            raise WeightsError(
+                f"layer {index} ({layer.op}) has shape {tuple(weight.shape)}, "
+                f"{slot.weight_key} expects {slot.shape}"
+            )
         state[slot.weight_key] = torch.from_numpy(np.ascontiguousarray(weight))
         if slot.bias_key is not None:
             state[slot.bias_key] = torch.from_numpy(np.ascontiguousarray(bias))

@@ -1,0 +1,108 @@
+"""The FastAPI application factory.
+
+Nothing heavy happens at import: ``create_app`` only wires things up. The lifespan
+checks that weights exist (start-up fails with instructions if none do), then loads,
+warms and checks the models in the background so ``/healthz`` answers at once and
+``/readyz`` says 503 until they are ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.api.errors import install_error_handlers
+from app.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from app.api.routes import router
+from app.errors import WeightsError
+from app.observability.metrics import Metrics
+from app.serving.service import ClassifierService
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Classify images with pretrained **MobileNet V1, V2 and V3** models.
+
+Each request picks the model (`v1`, `v2`, `v3`, `v3-small`, `v3-large`) and the width
+multiplier; the input resolution comes with the weights. Requests are batched
+dynamically per variant. `GET /models` lists what this server has loaded.
+
+    curl -F file=@cat.jpg 'http://127.0.0.1:8000/predict?model=v3'
+
+Every error is JSON: `{"error": {"code", "message", "request_id", ...}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``settings`` defaults to the environment (``MOBILENET_*``)."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = ClassifierService(settings, metrics=app.state.metrics)
+        app.state.service = service
+        if not service.variant_names():
+            raise WeightsError(
+                f"no model weights found in {Path(settings.weights_dir).resolve()}. Fetch them "
+                "with `mobilenet-serve weights fetch` (add MOBILENET_WEIGHTS_MIRROR=DIR to copy "
+                "them from a local mirror) or `make weights`, then start again."
+            )
+        loading = asyncio.create_task(_load(service))
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            service.begin_draining()
+            if not loading.done():
+                loading.cancel()
+            await service.close()
+
+    app = FastAPI(
+        title="MobileNet classification service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_tags=[
+            {"name": "classify", "description": "Upload images, get ImageNet classes."},
+            {"name": "models", "description": "What is loaded."},
+            {"name": "operations", "description": "Health, readiness, metrics."},
+        ],
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    app.include_router(router)
+    from app.api.ui import install_ui
+
+    install_ui(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _load(service: ClassifierService) -> None:
+    try:
+        await service.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        service.readiness.problems.append(f"loading failed: {exc}")
+        log.exception("loading the models failed; /readyz stays 503")

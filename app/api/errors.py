@@ -1,0 +1,123 @@
+"""The one place where domain errors become HTTP responses.
+
+Every error body has the same shape, ``{"error": {"code", "message", "request_id",
+...details}}``, whether it comes from our code, from request validation or from
+Starlette itself (unknown route, wrong method, malformed multipart).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import errors
+from app.observability.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE: dict[str, int] = {
+    errors.InvalidRequest.code: 422,
+    errors.UnknownModel.code: 404,
+    errors.Unauthorized.code: 401,
+    errors.UnsupportedMediaType.code: 415,
+    errors.CorruptImage.code: 422,
+    errors.PayloadTooLarge.code: 413,
+    errors.ImageTooLarge.code: 413,
+    errors.Overloaded.code: 503,
+    errors.DeadlineExceeded.code: 504,
+    errors.ShuttingDown.code: 503,
+    errors.NotReady.code: 503,
+    errors.InferenceFailed.code: 500,
+    errors.WeightsError.code: 500,
+    errors.ServiceError.code: 500,
+}
+_CODE_BY_HTTP = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["unknown_model"])
+    message: str = Field(examples=["width 0.3 is not loaded for v1; loaded widths: 0.25, 0.5"])
+    request_id: str | None = Field(None, examples=["9f1c2e4b7a0d4c3e"])
+    model_config = {"extra": "allow"}
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx response."""
+
+    error: ErrorDetail
+
+
+def status_for(exc: errors.ServiceError) -> int:
+    return STATUS_BY_CODE.get(exc.code, 500)
+
+
+def error_response(
+    status: int, code: str, message: str, *, headers: dict | None = None, **details: object
+) -> JSONResponse:
+    body = {
+        "error": {"code": code, "message": message, "request_id": request_id_var.get(), **details}
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def response_for(exc: errors.ServiceError) -> JSONResponse:
+    status = status_for(exc)
+    headers = {}
+    if isinstance(exc, errors.Overloaded):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif isinstance(exc, errors.ShuttingDown | errors.NotReady):
+        headers["Retry-After"] = "1"
+    elif isinstance(exc, errors.Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500 and not isinstance(
+        exc, errors.Overloaded | errors.ShuttingDown | errors.NotReady
+    ):
+        log.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__ or exc)
+    details = {k: v for k, v in exc.details.items() if k not in ("code", "message")}
+    return error_response(status, exc.code, exc.message, headers=headers or None, **details)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ServiceError)
+    async def _service_error(_: Request, exc: errors.ServiceError) -> JSONResponse:
+        return response_for(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body"))
+            problems.append(f"{where}: {e.get('msg')}")
+        return error_response(
+            422,
+            "invalid_request",
+            "; ".join(problems) or "invalid request",
+            errors=[{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()],
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODE_BY_HTTP.get(exc.status_code, "http_error")
+        return error_response(
+            exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(
+            500, "internal_error", "internal error; the request id identifies it in the logs"
+        )

@@ -1,0 +1,121 @@
+"""Pure-ASGI middleware (no BaseHTTPMiddleware: it would break disconnect detection).
+
+* ``RequestIdMiddleware``: echo a sane ``X-Request-ID`` or make one; every log line of
+  the request carries it.
+* ``BodyLimitMiddleware``: refuse an oversized body with 413 while it streams in, from
+  ``Content-Length`` up front or by counting chunks, so it is never held in full.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import PayloadTooLarge
+from app.observability.logging import request_id_var
+
+_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if _ID_OK.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                headers.append((b"x-request-id", rid.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``limit`` bytes on the given path prefixes."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, prefixes: tuple[str, ...] = ("/predict",)):
+        self.app = app
+        self.limit = limit
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(send, int(length))
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # Raised inside the app, so the one error handler answers 413.
+                    raise PayloadTooLarge(self._message(), limit_bytes=self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except PayloadTooLarge:
+            if not started:
+                await self._refuse(send, received)
+
+    def _message(self, size: int | None = None) -> str:
+        got = f" (got {size} bytes)" if size else ""
+        return (
+            f"request body exceeds the {self.limit} byte limit{got}; the limit is "
+            f"{self.limit / 1048576:.1f} MiB (MOBILENET_MAX_UPLOAD_BYTES)"
+        )
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        body = json.dumps(
+            {
+                "error": {
+                    "code": "payload_too_large",
+                    "message": self._message(size),
+                    "limit_bytes": self.limit,
+                    "request_id": request_id_var.get(),
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,58 @@
+"""Run the app under uvicorn with graceful, observable shutdown.
+
+On SIGTERM/SIGINT the service flips to draining first (``/readyz`` answers 503 and new
+predictions are refused with 503 + Retry-After, which nginx and Kubernetes route
+elsewhere), then uvicorn stops accepting connections, lets in-flight requests finish
+within ``shutdown_grace_s``, and the lifespan drains every batcher before exiting 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import uvicorn
+
+from app.observability.logging import configure_logging
+from app.settings import Settings
+
+
+class _DrainingServer(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        app = getattr(self, "_mobilenet_app", None)
+        service = getattr(getattr(app, "state", None), "service", None)
+        if service is not None:
+            service.begin_draining()
+        super().handle_exit(sig, frame)
+
+
+def _fast_loops() -> dict[str, str]:
+    have = importlib.util.find_spec
+    return {
+        "loop": "uvloop" if have("uvloop") else "asyncio",
+        "http": "httptools" if have("httptools") else "h11",
+    }
+
+
+def run(settings: Settings, *, workers: int = 1) -> None:
+    """Serve until signalled. ``workers > 1`` runs that many processes on one port."""
+    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    common: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        server_header=False,
+        **_fast_loops(),
+    )
+    if workers > 1:
+        # Each worker builds its own app from the same environment.
+        uvicorn.run("app.api.app:create_app", factory=True, workers=workers, **common)
+        return
+    from app.api import create_app
+
+    app = create_app(settings)
+    server = _DrainingServer(uvicorn.Config(app, **common))
+    server._mobilenet_app = app
+    server.run()

@@ -1,0 +1,1 @@
+"""Serving: loaded variants, request pipeline, life cycle."""

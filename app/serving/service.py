@@ -1,0 +1,286 @@
+"""The classification service: load variants, decode off the event loop, batch, answer.
+
+Life cycle (driven by the FastAPI lifespan): ``start()`` loads every variant whose
+weights are present, verifies and warms each one, checks the golden image, then marks
+the service ready; ``close()`` drains the batchers within the grace period.
+
+Per request: resolve the variant (cheap, so a bad model name never costs a decode) ->
+decode + preprocess on the decode thread pool -> the variant's batcher -> top-k.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from app.batching import Batcher
+from app.errors import NotReady, ShuttingDown, WeightsError
+from app.imaging import prepare
+from app.inference import create_backend
+from app.observability.metrics import BatcherMetrics, Metrics
+from app.serving.registry import LoadedVariant, Registry
+from app.settings import Settings
+from app.weights import SPECS_BY_NAME, imagenet_labels, present_variants
+from app.weights.store import read_manifest
+
+log = logging.getLogger(__name__)
+
+GOLDEN_IMAGE = "golden_cat.jpg"
+CAT_CLASSES = frozenset(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+HEARTBEAT_STALL_S = 30.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    variant: LoadedVariant
+    predictions: list[Prediction]
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass
+class Readiness:
+    loaded: bool = False
+    draining: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """Powers of two up to the max batch size (warm-up sizes)."""
+    sizes, n = [], 1
+    while n < max_batch_size:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, max_batch_size]
+
+
+def golden_image() -> bytes:
+    return resources.files("app.serving").joinpath(GOLDEN_IMAGE).read_bytes()
+
+
+class ClassifierService:
+    """Everything a request needs, created once per app in the lifespan."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.labels = imagenet_labels()
+        self.registry = Registry([])
+        self.readiness = Readiness()
+        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        # One inference thread for all variants: models never compete for the cores.
+        self.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
+
+    # ---------------------------------------------------------------- life cycle
+    def variant_names(self) -> list[str]:
+        weights_dir = Path(self.settings.weights_dir)
+        present = present_variants(weights_dir) if weights_dir.exists() else []
+        wanted = self.settings.variants or [n for n in SPECS_BY_NAME if n in present]
+        unknown = [n for n in wanted if n not in SPECS_BY_NAME]
+        if unknown:
+            raise WeightsError(
+                f"unknown variant(s) {', '.join(unknown)} in MOBILENET_VARIANTS; "
+                f"known: {', '.join(SPECS_BY_NAME)}"
+            )
+        return wanted
+
+    async def start(self) -> None:
+        """Load, warm and check every available variant; fail if none can serve."""
+        import torch
+
+        torch.set_num_threads(self.settings.threads)
+        weights_dir = Path(self.settings.weights_dir)
+        names = self.variant_names()
+        loaded: list[LoadedVariant] = []
+        observer = BatcherMetrics(self.metrics)
+        for name in names:
+            spec = SPECS_BY_NAME[name]
+            try:
+                backend = await asyncio.get_running_loop().run_in_executor(
+                    self.inference_pool,
+                    lambda s=spec: create_backend(
+                        s,
+                        weights_dir=weights_dir,
+                        requested=self.settings.backend,
+                        device=self.settings.device,
+                        threads=self.settings.threads,
+                    ),
+                )
+            except (WeightsError, ValueError, RuntimeError, OSError) as exc:
+                log.warning("variant %s not offered: %s", name, exc)
+                continue
+            batcher = Batcher(
+                self._predict_fn(backend),
+                name=name,
+                max_batch_size=self.settings.max_batch_size,
+                max_wait_ms=self.settings.max_wait_ms,
+                queue_limit=self.settings.queue_limit,
+                executor=self.inference_pool,
+                observer=observer,
+                split_on=_is_oom,
+            )
+            loaded.append(LoadedVariant(spec=spec, backend=backend, batcher=batcher))
+            self.metrics.loaded.labels(name, backend.name, backend.device).set(1)
+            log.info(
+                "loaded %s on %s (%s, %s)", name, backend.device, backend.name, backend.precision
+            )
+        if not loaded:
+            manifest = read_manifest(weights_dir) if weights_dir.exists() else {"variants": {}}
+            raise WeightsError(
+                f"no model weights could be loaded from {weights_dir.resolve()} "
+                f"(manifest lists {len(manifest['variants'])} variants). Fetch them first: "
+                "`mobilenet-serve weights fetch` (set MOBILENET_WEIGHTS_MIRROR=DIR to copy "
+                "from a local mirror), or `make weights`."
+            )
+        self.registry = Registry(loaded)
+        for v in loaded:
+            await v.batcher.start()
+        if self.settings.warmup:
+            await self._warm_up_and_check()
+        self.readiness.loaded = True
+        self.metrics.ready.set(1)
+
+    async def _warm_up_and_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        golden = golden_image()
+        buckets = batch_buckets(self.settings.max_batch_size)
+        for v in list(self.registry):
+            await loop.run_in_executor(self.inference_pool, v.backend.warmup, buckets)
+            result = await self.classify(golden, variant=v.name, topk=5, check_ready=False)
+            top = {p.index for p in result.predictions}
+            if not top & CAT_CLASSES:
+                # Corrupt or mismatched weights: never serve them.
+                del self.registry.variants[v.name]
+                await v.batcher.close(grace_s=0)
+                msg = (
+                    f"{v.name} failed the golden-image check (top-5 "
+                    f"{[p.label for p in result.predictions]} has no cat)"
+                )
+                self.readiness.problems.append(msg)
+                log.error(msg)
+        if not len(self.registry):
+            raise WeightsError(
+                "every variant failed the golden-image check: " + "; ".join(self.readiness.problems)
+            )
+
+    def begin_draining(self) -> None:
+        """SIGTERM: report not-ready at once and take no new work."""
+        self.readiness.draining = True
+        self.metrics.ready.set(0)
+
+    async def close(self) -> None:
+        self.begin_draining()
+        await asyncio.gather(
+            *(v.batcher.close(grace_s=self.settings.shutdown_grace_s) for v in self.registry)
+        )
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.inference_pool.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """Ready = loaded, not draining, and no batcher stalled."""
+        problems = list(self.readiness.problems) if not len(self.registry) else []
+        if not self.readiness.loaded:
+            problems.append("models are loading")
+        if self.readiness.draining:
+            problems.append("shutting down")
+        for v in self.registry:
+            if v.batcher.stalled(threshold_s=HEARTBEAT_STALL_S):
+                problems.append(f"inference worker for {v.name} is stalled")
+        return not problems, problems
+
+    # ---------------------------------------------------------------- requests
+    @staticmethod
+    def _predict_fn(backend):
+        def predict(items: list[np.ndarray]) -> list[np.ndarray]:
+            return list(backend.predict(np.stack(items)))
+
+        return predict
+
+    def resolve(
+        self,
+        *,
+        model: str | None = None,
+        width: float | None = None,
+        resolution: int | None = None,
+        variant: str | None = None,
+    ) -> LoadedVariant:
+        """The variant a request asks for (refused while loading or draining)."""
+        self._check_accepting()
+        return self.registry.resolve(
+            model=model, width=width, resolution=resolution, variant=variant
+        )
+
+    async def decode(self, data: bytes, target: LoadedVariant) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        array = await asyncio.get_running_loop().run_in_executor(
+            self.decode_pool,
+            lambda: prepare(data, target.spec.preprocessing, max_pixels=self.settings.max_pixels),
+        )
+        return array, (time.perf_counter() - t0) * 1000
+
+    async def classify(
+        self,
+        data: bytes,
+        *,
+        model: str | None = None,
+        width: float | None = None,
+        resolution: int | None = None,
+        variant: str | None = None,
+        topk: int = 5,
+        deadline: float | None = None,
+        check_ready: bool = True,
+    ) -> Classification:
+        if check_ready:
+            self._check_accepting()
+        target = self.registry.resolve(
+            model=model, width=width, resolution=resolution, variant=variant
+        )
+        array, decode_ms = await self.decode(data, target)
+        done = await target.batcher.submit(array, deadline=deadline)
+        return Classification(
+            variant=target,
+            predictions=self.top_k(done.result, topk),
+            decode_ms=decode_ms,
+            queue_ms=done.queue_ms,
+            inference_ms=done.inference_ms,
+            batch_size=done.batch_size,
+        )
+
+    def _check_accepting(self) -> None:
+        if self.readiness.draining:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        if not self.readiness.loaded:
+            raise NotReady("models are still loading; retry shortly")
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[Prediction]:
+        k = min(k, probs.shape[0])
+        idx = np.argpartition(-probs, k - 1)[:k]
+        idx = idx[np.argsort(-probs[idx], kind="stable")]
+        return [
+            Prediction(index=int(i), label=self.labels[int(i)], score=float(probs[i])) for i in idx
+        ]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """CUDA out-of-memory: the batcher splits the batch and retries the halves."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
