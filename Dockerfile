@@ -12,13 +12,21 @@
 #   docker build --target gpu -t mobilenet-serve:gpu .
 #   # offline weights: use a local mirror directory instead of upstream downloads
 #   docker build --build-context mirror=../shared/pretrained/tflite -t mobilenet-serve:cpu .
+#   # offline with a partial mirror: only the variants the mirror holds
+#   docker build --build-context mirror=../shared/pretrained/tflite \
+#       --build-arg WEIGHTS=default -t mobilenet-serve:cpu .
 #   # no baked weights (mount them at /app/weights at run time instead)
 #   docker build --build-arg WEIGHTS=none -t mobilenet-serve:cpu-noweights .
 #
 # Weights are fetched + converted at BUILD time (stage `weights`) and never at
 # container start. BuildKit is required (named build contexts, RUN --mount).
 
-ARG WEIGHTS=fetch
+# Which variants the `weights` stage bakes in:
+#   all      every known variant: `mobilenet-serve weights fetch --all` (default)
+#   default  the CLI's default set: what the mirror holds (fully offline with a
+#            partial mirror), or every variant without one
+#   none     no weights (mount them at /app/weights at run time)
+ARG WEIGHTS=all
 
 # ---------------------------------------------------------------------------
 # base: common Python runtime settings for every stage.
@@ -43,8 +51,11 @@ RUN python -m venv /opt/venv \
 COPY pyproject.toml README.md* ./
 COPY app ./app
 # torch==2.14.1 is already satisfied by 2.14.1+cpu (PEP 440 local version), so
-# pip keeps the CPU wheel and only resolves the remaining dependencies.
-RUN pip install --no-cache-dir . \
+# pip keeps the CPU wheel and only resolves the remaining dependencies. The
+# `litert` extra brings the int8 LiteRT runtime, the CPU default for TF-origin
+# variants (the exact reference model; see docs/benchmarks.md).
+# hadolint ignore=DL3013 # installs the local project; its pins live in pyproject.toml
+RUN pip install --no-cache-dir ".[litert]" \
     && python -c "import torch, app; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------
@@ -79,14 +90,18 @@ ARG WEIGHTS
 ENV MOBILENET_WEIGHTS_DIR=/opt/weights
 RUN --mount=type=bind,from=mirror,target=/mirror \
     mkdir -p /opt/weights \
-    && if [ "${WEIGHTS}" = "none" ]; then \
-        echo "WEIGHTS=none: image ships without weights; mount them at /app/weights"; \
-    elif [ ! -e /mirror/.no-mirror ]; then \
-        echo "fetching weights from the mirror build context"; \
-        MOBILENET_WEIGHTS_MIRROR=/mirror mobilenet-serve weights fetch --all; \
+    && case "${WEIGHTS}" in \
+        all) set -- --all ;; \
+        default) set -- ;; \
+        none) echo "WEIGHTS=none: no weights baked in; mount them at /app/weights"; exit 0 ;; \
+        *) echo "WEIGHTS must be all, default or none (got '${WEIGHTS}')" >&2; exit 2 ;; \
+    esac \
+    && if [ ! -e /mirror/.no-mirror ]; then \
+        echo "fetching weights: mirror build context first, upstream for the rest"; \
+        MOBILENET_WEIGHTS_MIRROR=/mirror mobilenet-serve weights fetch "$@"; \
     else \
         echo "fetching weights from upstream"; \
-        mobilenet-serve weights fetch --all; \
+        mobilenet-serve weights fetch "$@"; \
     fi \
     && ls -la /opt/weights
 
@@ -101,19 +116,20 @@ RUN groupadd --system --gid "${APP_GID}" app \
     && mkdir -p /app/weights \
     && chown -R app:app /app
 WORKDIR /app
-# Sensible defaults; every one can be overridden with `-e` / compose / k8s env.
-# MOBILENET_THREADS is deliberately unset: the service sizes its thread pool
-# from the CPU quota. Set it explicitly when you pin CPUs per replica.
+# Container defaults; every one can be overridden with `-e` / compose / k8s env.
+# The batching knobs (MOBILENET_MAX_BATCH_SIZE, MOBILENET_MAX_WAIT_MS,
+# MOBILENET_QUEUE_LIMIT) keep the service's own defaults. MOBILENET_THREADS is
+# deliberately unset: the service defaults to the CPUs in its affinity mask,
+# which does NOT see a CPU quota (docker --cpus, k8s limits) -- set it to the
+# replica's CPU limit there (compose and k8s manifests do).
 # The caches point at /tmp so the container also runs with a read-only root
 # filesystem (/tmp is a tmpfs/emptyDir in compose and k8s).
 ENV MOBILENET_HOST=0.0.0.0 \
     MOBILENET_PORT=8000 \
     MOBILENET_DEVICE=cpu \
     MOBILENET_WEIGHTS_DIR=/app/weights \
-    MOBILENET_MAX_BATCH_SIZE=32 \
-    MOBILENET_MAX_WAIT_MS=5 \
-    MOBILENET_QUEUE_LIMIT=256 \
     MOBILENET_MAX_UPLOAD_BYTES=16777216 \
+    MOBILENET_SHUTDOWN_GRACE_S=30 \
     MOBILENET_LOG_JSON=true \
     HOME=/tmp \
     XDG_CACHE_HOME=/tmp/.cache \
@@ -122,9 +138,9 @@ EXPOSE 8000
 # python is always present in the image (curl is not in the slim base).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MOBILENET_PORT', '8000'), timeout=4)"]
-# uvicorn drains in-flight requests on SIGTERM (grace period 30 s by default);
-# give the container runtime at least that long (compose stop_grace_period,
-# k8s terminationGracePeriodSeconds).
+# On SIGTERM the service drains in-flight requests for up to
+# MOBILENET_SHUTDOWN_GRACE_S (30 s); give the runtime longer than that
+# (compose stop_grace_period 40s, k8s terminationGracePeriodSeconds 60).
 STOPSIGNAL SIGTERM
 USER 10001:10001
 # exec form: mobilenet-serve is PID 1 (or a child of `--init`) and receives
