@@ -8,7 +8,9 @@ within ``shutdown_grace_s``, and the lifespan drains every batcher before exitin
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -18,6 +20,14 @@ from app.settings import Settings
 
 
 class _DrainingServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the captured SIGTERM after a graceful shutdown, which makes
+        # the process die by signal (143); a drained shutdown is a success: exit 0.
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
     def handle_exit(self, sig: int, frame: Any) -> None:
         app = getattr(self, "_mobilenet_app", None)
         service = getattr(getattr(app, "state", None), "service", None)

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "onnx", "litert"] = Field(
         "auto", description="Inference backend; auto picks per variant and device."
     )
+    gpu_decode: bool = Field(
+        True, description="On CUDA, decode JPEG uploads on the GPU (nvJPEG) in the batch."
+    )
+    cuda_graphs: bool = Field(True, description="On CUDA, replay one CUDA graph per batch size.")
     threads: int = Field(
         default_factory=_default_threads,
         ge=1,

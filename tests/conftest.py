@@ -7,8 +7,12 @@ in CI (``CI=true``) it is an error, so real-weight tests can never silently vani
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,3 +55,87 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> P
     failed = [r for r in results if r.status == "failed"]
     assert not failed, failed
     return out
+
+
+# --------------------------------------------------------------------------- HTTP apps
+SMALL_VARIANT = "v1-0.25-128"
+"""The cheapest variant to load: apps built only to test limits and options use it."""
+
+TORCH_VARIANTS = ["v1-0.25-128", "v1-1.0-224", "v2-1.0-224", "v3-small-1.0-224"]
+"""What the torch-backend session app loads: one per model the API tests ask for."""
+
+
+def wait_ready(client: Any, timeout_s: float = 180.0) -> dict:
+    """Poll ``/readyz`` until 200; fail at once if the background loading gave up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        loading = getattr(client.app.state, "loading", None)
+        finished = loading is not None and loading.done()  # read before asking /readyz
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return r.json()
+        if finished:
+            # Loading ended but the app is not ready: it never will be.
+            pytest.fail(f"the app did not become ready: {r.json()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the app was not ready after {timeout_s}s: {r.json()}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serving(settings: Any, *, ready: bool = True) -> Iterator[Any]:
+    """A TestClient over ``create_app(settings)`` with its lifespan running (and ready)."""
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+
+    with TestClient(create_app(settings)) as client:
+        if ready:
+            wait_ready(client)
+        yield client
+
+
+@pytest.fixture(scope="session")
+def app_client(weights_dir: Path) -> Iterator[Any]:
+    """The real app over every converted variant, backend chosen by the service (auto)."""
+    from app.settings import Settings
+
+    with serving(Settings(weights_dir=weights_dir, backend="auto", variants=None)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def torch_client(weights_dir: Path) -> Iterator[Any]:
+    """The real app forced onto the PyTorch backend (a subset of variants, small batches
+    so the warm-up stays quick on a shared CPU)."""
+    from app.settings import Settings
+
+    settings = Settings(
+        weights_dir=weights_dir, backend="torch", variants=TORCH_VARIANTS, max_batch_size=4
+    )
+    with serving(settings) as client:
+        yield client
+
+
+@pytest.fixture(params=["auto", "torch"])
+def any_client(request: pytest.FixtureRequest) -> Any:
+    """Parametrizes a test over both session apps: ``auto`` and ``torch`` backends."""
+    return request.getfixturevalue("app_client" if request.param == "auto" else "torch_client")
+
+
+@pytest.fixture
+def make_client(weights_dir: Path) -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_client(max_upload_bytes=...)`` -> a ready TestClient over an app
+    with those settings (default: ``weights_dir`` and only the smallest variant), or
+    ``make_client(settings=Settings(...))``. Every app is shut down after the test."""
+    from app.settings import Settings
+
+    with contextlib.ExitStack() as stack:
+
+        def make(settings: Settings | None = None, *, ready: bool = True, **overrides: Any):
+            if settings is None:
+                fields: dict[str, Any] = {"weights_dir": weights_dir, "variants": [SMALL_VARIANT]}
+                settings = Settings(**(fields | overrides))
+            return stack.enter_context(serving(settings, ready=ready))
+
+        yield make

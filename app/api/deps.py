@@ -59,7 +59,7 @@ def deadline(
     if ms is None and x_request_timeout is not None:
         try:
             ms = int(float(x_request_timeout))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InvalidRequest(
                 "X-Request-Timeout must be a number of milliseconds (1-600000)"
             ) from None

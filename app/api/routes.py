@@ -333,6 +333,7 @@ async def readyz(service: ServiceDep) -> Any:
         status="ready" if ok else "not_ready",
         variants=sorted(service.registry.variants),
         problems=problems,
+        degraded=service.degraded(),
     )
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 

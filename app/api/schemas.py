@@ -110,3 +110,6 @@ class ReadyResponse(BaseModel):
     status: str = Field(examples=["ready"])
     variants: list[str] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
+    degraded: list[str] = Field(
+        default_factory=list, description="Variants not offered (e.g. failed golden check)."
+    )

@@ -39,6 +39,11 @@ async def _form(request: Request, *, max_files: int, limit: int):
         raise
     except Exception as exc:  # starlette raises HTTPException/MultiPartException variants
         detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        if "too many files" in str(detail).lower():
+            raise InvalidRequest(
+                f"too many files: at most {max_files} per request (MOBILENET_MAX_BATCH_FILES)",
+                max_files=max_files,
+            ) from exc
         raise InvalidRequest(f"malformed multipart body: {detail}; {_HOW}") from exc
 
 

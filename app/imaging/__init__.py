@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.imaging.decode import ACCEPTED_FORMATS, decode_image, sniff_format
+from app.imaging.decode import ACCEPTED_FORMATS, decode_image, probe_jpeg, sniff_format
 from app.imaging.preprocess import (
     Crop,
     Interpolation,
@@ -23,6 +23,7 @@ __all__ = [
     "draft_size",
     "prepare",
     "preprocess_image",
+    "probe_jpeg",
     "sniff_format",
     "tf_preprocessing",
     "torchvision_preprocessing",

@@ -188,6 +188,22 @@ def decode_image(
         ) from exc
 
 
+def probe_jpeg(data: bytes, *, max_pixels: int) -> bool:
+    """True for a JPEG that a device decoder (nvJPEG) can take as it is: 8-bit RGB or
+    greyscale within the pixel limit. Reads the header only; raises ``ImageTooLarge``
+    past the limit and returns False for anything the CPU path should handle."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    try:
+        img = Image.open(io.BytesIO(data), formats=["JPEG"])
+    except Exception:
+        return False  # let the CPU path produce the precise error
+    _check_pixels(img.size, max_pixels)
+    # nvJPEG ignores EXIF orientation and may refuse progressive scans: CPU for those.
+    plain = not (img.info.get("progressive") or img.info.get("progression"))
+    return img.mode in ("RGB", "L") and img.format == "JPEG" and plain and _orientation(img) == 1
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB; transparency is composited over white, as viewers show it."""
     mode = img.mode

@@ -48,10 +48,16 @@ def export_onnx(model: nn.Module, pre: Preprocessing) -> bytes:
     example = torch.zeros(1, pre.size, pre.size, 3, dtype=torch.uint8)
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(wrapped, (example,), buf, input_names=["images"],
-                          output_names=["probs"], dynamic_axes={"images": {0: "n"},
-                                                                "probs": {0: "n"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            buf,
+            input_names=["images"],
+            output_names=["probs"],
+            dynamic_axes={"images": {0: "n"}, "probs": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return buf.getvalue()
 
 
@@ -69,8 +75,9 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(export_onnx(model, pre), options,
-                                             providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            export_onnx(model, pre), options, providers=["CPUExecutionProvider"]
+        )
         self.input_size = pre.size
         self._lock = threading.Lock()
 

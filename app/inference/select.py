@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from app.errors import WeightsError
 from app.inference import litert_backend
 from app.inference.base import Backend
 from app.inference.torch_backend import TorchBackend, resolve_device
@@ -42,6 +43,8 @@ def create_backend(
     requested: BackendName = "auto",
     device: str = "auto",
     threads: int = 1,
+    cuda_graphs: bool = True,
+    max_batch_size: int = 256,
 ) -> Backend:
     """Load ``spec``'s weights into the chosen backend on the chosen device."""
     device = resolve_device(device)
@@ -52,6 +55,12 @@ def create_backend(
         paths = store.source_paths(weights_dir, spec)
         if spec.origin != "tflite" or paths is None:
             raise ValueError(f"{spec.name} has no TF Lite file for the LiteRT backend")
+        if not store.is_current(weights_dir, spec):  # never serve tampered files
+            raise WeightsError(
+                f"{spec.name}: weights fail their sha256 check; re-run "
+                f"`mobilenet-serve weights fetch --force {spec.name}`",
+                variant=spec.name,
+            )
         return litert_backend.LiteRTBackend(
             paths, threads=threads, drop_background=spec.upstream_classes == spec.num_classes + 1
         )
@@ -61,4 +70,11 @@ def create_backend(
         model = store.load_model(weights_dir, spec)
         return OnnxBackend(model, spec.preprocessing, threads=threads)
     model = store.load_model(weights_dir, spec)
-    return TorchBackend(model, spec.preprocessing, device=device)
+    buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b < max_batch_size]
+    return TorchBackend(
+        model,
+        spec.preprocessing,
+        device=device,
+        cuda_graphs=cuda_graphs,
+        buckets=[*buckets, max_batch_size],
+    )

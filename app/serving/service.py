@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from app.batching import Batcher
-from app.errors import NotReady, ShuttingDown, WeightsError
-from app.imaging import prepare
+from app.errors import CorruptImage, NotReady, ServiceError, ShuttingDown, WeightsError
+from app.imaging import prepare, probe_jpeg
 from app.inference import create_backend
 from app.observability.metrics import BatcherMetrics, Metrics
 from app.serving.registry import LoadedVariant, Registry
@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 GOLDEN_IMAGE = "golden_cat.jpg"
 CAT_CLASSES = frozenset(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 HEARTBEAT_STALL_S = 30.0
+
+
+@dataclass(frozen=True)
+class JpegItem:
+    """A JPEG whose header passed the checks, to be decoded on the inference device."""
+
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,7 @@ class ClassifierService:
                 log.warning("variant %s not offered: %s", name, exc)
                 continue
             batcher = Batcher(
-                self._predict_fn(backend),
+                self._predict_fn(backend, spec.preprocessing, self.settings.max_pixels),
                 name=name,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait_ms=self.settings.max_wait_ms,
@@ -192,8 +199,14 @@ class ClassifierService:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.inference_pool.shutdown(wait=False, cancel_futures=True)
 
+    def degraded(self) -> list[str]:
+        """Start-up problems of variants that are not offered while others are."""
+        return list(self.readiness.problems) if len(self.registry) else []
+
     def ready(self) -> tuple[bool, list[str]]:
         """Ready = loaded, not draining, and no batcher stalled."""
+        # Variants dropped at start-up (failed golden check) are reported by degraded();
+        # the others still serve, so they do not fail readiness unless none is left.
         problems = list(self.readiness.problems) if not len(self.registry) else []
         if not self.readiness.loaded:
             problems.append("models are loading")
@@ -206,9 +219,30 @@ class ClassifierService:
 
     # ---------------------------------------------------------------- requests
     @staticmethod
-    def _predict_fn(backend):
-        def predict(items: list[np.ndarray]) -> list[np.ndarray]:
-            return list(backend.predict(np.stack(items)))
+    def _predict_fn(backend, pre=None, max_pixels: int = 0):
+        """Batch items are preprocessed arrays, or raw JPEGs for a device decoder (which
+        fall back to the CPU decoder one by one if the device refuses them)."""
+
+        def predict(items: list[np.ndarray | JpegItem]) -> list[np.ndarray | ServiceError]:
+            out: list = [None] * len(items)
+            arrays = [i for i, x in enumerate(items) if isinstance(x, np.ndarray)]
+            jpegs = [i for i, x in enumerate(items) if isinstance(x, JpegItem)]
+            if arrays:
+                probs = backend.predict(np.stack([items[i] for i in arrays]))
+                for i, p in zip(arrays, probs, strict=True):
+                    out[i] = p
+            if jpegs:
+                try:
+                    probs = backend.predict_jpegs([items[i].data for i in jpegs])
+                    for i, p in zip(jpegs, probs, strict=True):
+                        out[i] = p
+                except RuntimeError:  # one bad file must not fail its neighbours
+                    for i in jpegs:
+                        try:
+                            out[i] = backend.predict_jpegs([items[i].data])[0]
+                        except RuntimeError:
+                            out[i] = _cpu_fallback(backend, items[i].data, pre, max_pixels)
+            return out
 
         return predict
 
@@ -226,11 +260,21 @@ class ClassifierService:
             model=model, width=width, resolution=resolution, variant=variant
         )
 
-    async def decode(self, data: bytes, target: LoadedVariant) -> tuple[np.ndarray, float]:
+    async def decode(
+        self, data: bytes, target: LoadedVariant
+    ) -> tuple[np.ndarray | JpegItem, float]:
+        """Decode + preprocess on the pool, or (CUDA) only check the header here and let
+        the device decode the JPEG inside the batch."""
         t0 = time.perf_counter()
+        pre, limit = target.spec.preprocessing, self.settings.max_pixels
+        if (
+            self.settings.gpu_decode
+            and getattr(target.backend, "cuda", False)
+            and probe_jpeg(data, max_pixels=limit)
+        ):
+            return JpegItem(data), (time.perf_counter() - t0) * 1000
         array = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool,
-            lambda: prepare(data, target.spec.preprocessing, max_pixels=self.settings.max_pixels),
+            self.decode_pool, lambda: prepare(data, pre, max_pixels=limit)
         )
         return array, (time.perf_counter() - t0) * 1000
 
@@ -253,6 +297,8 @@ class ClassifierService:
         )
         array, decode_ms = await self.decode(data, target)
         done = await target.batcher.submit(array, deadline=deadline)
+        if isinstance(done.result, ServiceError):
+            raise done.result
         return Classification(
             variant=target,
             predictions=self.top_k(done.result, topk),
@@ -275,6 +321,16 @@ class ClassifierService:
         return [
             Prediction(index=int(i), label=self.labels[int(i)], score=float(probs[i])) for i in idx
         ]
+
+
+def _cpu_fallback(backend, data: bytes, pre, max_pixels: int) -> np.ndarray | ServiceError:
+    """Decode one JPEG the device refused on the CPU; a truly bad file becomes its error."""
+    if pre is None:
+        return CorruptImage("cannot decode JPEG image; the file is truncated or damaged")
+    try:
+        return backend.predict(prepare(data, pre, max_pixels=max_pixels)[None])[0]
+    except ServiceError as exc:
+        return exc
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -134,7 +134,17 @@ def is_current(weights_dir: Path, spec: VariantSpec) -> bool:
         return False
     if [s["sha256"] for s in entry.get("sources", [])] != [s.sha256 for s in spec.sources]:
         return False
-    return sha256_file(path) == entry.get("sha256")
+    if sha256_file(path) != entry.get("sha256"):
+        return False
+    return spec.origin != "tflite" or sources_intact(weights_dir, spec)
+
+
+def sources_intact(weights_dir: Path, spec: VariantSpec) -> bool:
+    """The kept upstream files exist and still match their published sha256."""
+    paths = source_paths(weights_dir, spec)
+    return paths is not None and all(
+        sha256_file(p).startswith(s.sha256) for p, s in zip(paths, spec.sources, strict=True)
+    )
 
 
 def present_variants(weights_dir: Path) -> list[str]:
