@@ -244,7 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `weights fetch --mirror DIR v1-0.25-128`: names after options land in `extra`.
+    if (
+        extra
+        and getattr(args, "variants", None) is not None
+        and not any(e.startswith("-") for e in extra)
+    ):
+        args.variants = [*args.variants, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

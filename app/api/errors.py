@@ -83,7 +83,7 @@ def response_for(exc: errors.ServiceError) -> JSONResponse:
     elif isinstance(exc, errors.Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     if status >= 500 and not isinstance(
-        exc, errors.Overloaded | errors.ShuttingDown | errors.NotReady
+        exc, errors.Overloaded | errors.ShuttingDown | errors.NotReady | errors.DeadlineExceeded
     ):
         log.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__ or exc)
     details = {k: v for k, v in exc.details.items() if k not in ("code", "message")}

@@ -193,11 +193,14 @@ async def predict(
     try:
         target = service.resolve(model=model, width=width, resolution=resolution, variant=variant)
         label = target.name
-        upload = await uploads.read_one(request, limit=settings.max_upload_bytes)
-        result = await unless_disconnected(
-            request,
-            service.classify(upload.data, variant=target.name, topk=topk, deadline=deadline),
-        )
+        with service.admit(target):  # refuse a flood before parsing its bodies
+            upload = await uploads.read_one(request, limit=settings.max_upload_bytes)
+            result = await unless_disconnected(
+                request,
+                service.classify(
+                    upload.data, variant=target.name, topk=topk, deadline=deadline, admit=False
+                ),
+            )
     except ServiceError as exc:
         _record(request, "/predict", label, status_for(exc), start)
         raise

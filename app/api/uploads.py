@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from app.errors import InvalidRequest, UnsupportedMediaType
+from app.errors import InvalidRequest, ServiceError, UnsupportedMediaType
 
 FIELD = "file"
 BATCH_FIELDS = ("files", "file")
@@ -35,14 +35,18 @@ def _content_type(request: Request) -> str:
 async def _form(request: Request, *, max_files: int, limit: int):
     try:
         return await request.form(max_files=max_files, max_fields=16, max_part_size=limit)
-    except asyncio.CancelledError:
-        raise
+    except (asyncio.CancelledError, ServiceError):
+        raise  # e.g. the body limit's PayloadTooLarge raised while the form streams in
     except Exception as exc:  # starlette raises HTTPException/MultiPartException variants
         detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
         if "too many files" in str(detail).lower():
+            where = (
+                "per request (MOBILENET_MAX_BATCH_FILES)"
+                if max_files > 1
+                else "on /predict; send several to /predict/batch"
+            )
             raise InvalidRequest(
-                f"too many files: at most {max_files} per request (MOBILENET_MAX_BATCH_FILES)",
-                max_files=max_files,
+                f"too many files: at most {max_files} {where}", max_files=max_files
             ) from exc
         raise InvalidRequest(f"malformed multipart body: {detail}; {_HOW}") from exc
 

@@ -11,8 +11,10 @@ decode + preprocess on the decode thread pool -> the variant's batcher -> top-k.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from app.batching import Batcher
-from app.errors import CorruptImage, NotReady, ServiceError, ShuttingDown, WeightsError
+from app.errors import CorruptImage, NotReady, Overloaded, ServiceError, ShuttingDown, WeightsError
 from app.imaging import prepare, probe_jpeg
 from app.inference import create_backend
 from app.observability.metrics import BatcherMetrics, Metrics
+from app.serving.admission import Admission
 from app.serving.registry import LoadedVariant, Registry
 from app.settings import Settings
 from app.weights import SPECS_BY_NAME, imagenet_labels, present_variants
@@ -65,6 +68,7 @@ class Classification:
 class Readiness:
     loaded: bool = False
     draining: bool = False
+    failed: str | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -89,6 +93,7 @@ class ClassifierService:
         self.metrics = metrics or Metrics()
         self.labels = imagenet_labels()
         self.registry = Registry([])
+        self.admission: dict[str, Admission] = {}
         self.readiness = Readiness()
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # One inference thread for all variants: models never compete for the cores.
@@ -156,6 +161,17 @@ class ClassifierService:
                 "from a local mirror), or `make weights`."
             )
         self.registry = Registry(loaded)
+        self.admission = {
+            v.name: Admission(
+                name=v.name,
+                hard_limit=self.settings.queue_limit,
+                cold_limit=self.settings.max_batch_size,
+                # Never shed below half a batch: light concurrency always gets through.
+                min_limit=max(1, self.settings.max_batch_size // 2),
+                target_s=self.settings.admission_target_ms / 1000,
+            )
+            for v in loaded
+        }
         for v in loaded:
             await v.batcher.start()
         if self.settings.warmup:
@@ -208,7 +224,9 @@ class ClassifierService:
         # Variants dropped at start-up (failed golden check) are reported by degraded();
         # the others still serve, so they do not fail readiness unless none is left.
         problems = list(self.readiness.problems) if not len(self.registry) else []
-        if not self.readiness.loaded:
+        if self.readiness.failed:
+            problems.append(self.readiness.failed)
+        elif not self.readiness.loaded:
             problems.append("models are loading")
         if self.readiness.draining:
             problems.append("shutting down")
@@ -262,9 +280,10 @@ class ClassifierService:
 
     async def decode(
         self, data: bytes, target: LoadedVariant
-    ) -> tuple[np.ndarray | JpegItem, float]:
+    ) -> tuple[np.ndarray | JpegItem, float, float]:
         """Decode + preprocess on the pool, or (CUDA) only check the header here and let
-        the device decode the JPEG inside the batch."""
+        the device decode the JPEG inside the batch. Returns the item, the wall time
+        (waiting included) and the work time, in ms."""
         t0 = time.perf_counter()
         pre, limit = target.spec.preprocessing, self.settings.max_pixels
         if (
@@ -272,11 +291,15 @@ class ClassifierService:
             and getattr(target.backend, "cuda", False)
             and probe_jpeg(data, max_pixels=limit)
         ):
-            return JpegItem(data), (time.perf_counter() - t0) * 1000
-        array = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, lambda: prepare(data, pre, max_pixels=limit)
-        )
-        return array, (time.perf_counter() - t0) * 1000
+            ms = (time.perf_counter() - t0) * 1000
+            return JpegItem(data), ms, ms
+
+        def work() -> tuple[np.ndarray, float]:
+            start = time.perf_counter()
+            return prepare(data, pre, max_pixels=limit), time.perf_counter() - start
+
+        array, work_s = await asyncio.get_running_loop().run_in_executor(self.decode_pool, work)
+        return array, (time.perf_counter() - t0) * 1000, work_s * 1000
 
     async def classify(
         self,
@@ -289,16 +312,20 @@ class ClassifierService:
         topk: int = 5,
         deadline: float | None = None,
         check_ready: bool = True,
+        admit: bool = True,
     ) -> Classification:
         if check_ready:
             self._check_accepting()
         target = self.registry.resolve(
             model=model, width=width, resolution=resolution, variant=variant
         )
-        array, decode_ms = await self.decode(data, target)
-        done = await target.batcher.submit(array, deadline=deadline)
-        if isinstance(done.result, ServiceError):
-            raise done.result
+        with self.admit(target) if admit else contextlib.nullcontext():
+            array, decode_ms, _work_ms = await self.decode(data, target)
+            done = await target.batcher.submit(array, deadline=deadline)
+            if isinstance(done.result, ServiceError):
+                raise done.result
+        if (gate := self.admission.get(target.name)) is not None:
+            gate.record(latency_s=(decode_ms + done.queue_ms + done.inference_ms) / 1000)
         return Classification(
             variant=target,
             predictions=self.top_k(done.result, topk),
@@ -307,6 +334,26 @@ class ClassifierService:
             inference_ms=done.inference_ms,
             batch_size=done.batch_size,
         )
+
+    @contextlib.contextmanager
+    def admit(self, target: LoadedVariant) -> Iterator[None]:
+        """Hold one of ``target``'s in-flight slots, or raise ``Overloaded`` at once.
+
+        Routes take the slot before reading the upload, so a flood is refused without
+        parsing bodies it would throw away."""
+        admission = self.admission.get(target.name)
+        if admission is None:
+            yield
+            return
+        try:
+            admission.enter()
+        except Overloaded:
+            self.metrics.rejected.labels(target.name).inc()
+            raise
+        try:
+            yield
+        finally:
+            admission.leave()
 
     def _check_accepting(self) -> None:
         if self.readiness.draining:

@@ -1,0 +1,225 @@
+"""A closed-loop HTTP load generator for loopback benchmarks.
+
+Closed loop: each of ``concurrency`` virtual users keeps exactly one request in flight on
+its own keep-alive HTTP/1.1 connection and sends the next as soon as the answer arrives,
+so the offered load adapts to the server (what real callers with a connection pool do)
+and throughput is what the server sustains at that concurrency, not what we push at it.
+
+The multipart body is encoded once up front: on a 2-core machine the client shares the
+CPUs with the server, and re-encoding the form per request would bill the server for the
+client's work. Every run is bounded in request count and in wall time, and only loopback
+addresses are accepted, so a typo can never load-test someone else's host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+LOOPBACK_NAMES = frozenset({"localhost"})
+MAX_CONCURRENCY = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSpec:
+    """What to send and how hard.
+
+    ``requests`` bounds the measured phase by count and ``max_seconds`` by time (whichever
+    comes first); ``warmup`` requests (at most ``warmup_seconds``) go first with the same
+    concurrency and are not recorded: they open the connections and fill the pipeline.
+    """
+
+    url: str
+    body: bytes
+    content_type: str
+    filename: str = "image"
+    concurrency: int = 1
+    warmup: int = 10
+    warmup_seconds: float = 2.0
+    requests: int = 200
+    max_seconds: float = 30.0
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadResult:
+    """Measured-phase outcome. Latencies in milliseconds over successful requests only."""
+
+    concurrency: int
+    sent: int
+    ok: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Tally:
+    """Shared state of one phase: tickets handed out and what came back."""
+
+    budget: int
+    deadline: float
+    issued: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def take(self) -> bool:
+        """One ticket per request; False once the count or the time budget is spent."""
+        if self.issued >= self.budget or time.perf_counter() >= self.deadline:
+            return False
+        self.issued += 1
+        return True
+
+
+def check_loopback(url: str) -> None:
+    """Refuse any target that is not this machine (a load test is an attack elsewhere)."""
+    host = urlsplit(url).hostname or ""
+    if host in LOOPBACK_NAMES:
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"load generation is loopback-only; refusing {url!r}")
+
+
+def encode_multipart(body: bytes, content_type: str, filename: str) -> tuple[bytes, str]:
+    """Pre-encode a one-file form (field ``file``); returns (payload, Content-Type header)."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + body + tail, f"multipart/form-data; boundary={boundary}"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an already sorted list (NaN when empty)."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+async def _user(
+    client: httpx.AsyncClient, url: str, payload: bytes, headers: dict[str, str], tally: _Tally
+) -> None:
+    """One virtual user: a request at a time on its own connection until tickets run out."""
+    while tally.take():
+        t0 = time.perf_counter()
+        try:
+            response = await client.post(url, content=payload, headers=headers)
+            await response.aread()
+        except httpx.HTTPError as exc:
+            tally.errors[type(exc).__name__] += 1
+            continue
+        if response.status_code == 200:
+            tally.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        else:
+            tally.errors[str(response.status_code)] += 1
+
+
+async def _phase(
+    clients: list[httpx.AsyncClient],
+    url: str,
+    payload: bytes,
+    headers: dict[str, str],
+    *,
+    budget: int,
+    max_seconds: float,
+) -> tuple[_Tally, float]:
+    """Run every user until ``budget`` requests were issued or ``max_seconds`` passed."""
+    start = time.perf_counter()
+    tally = _Tally(budget=budget, deadline=start + max_seconds)
+    await asyncio.gather(*(_user(c, url, payload, headers, tally) for c in clients))
+    return tally, time.perf_counter() - start
+
+
+def _summarise(concurrency: int, tally: _Tally, seconds: float) -> LoadResult:
+    lat = sorted(tally.latencies_ms)
+    ok = len(lat)
+    return LoadResult(
+        concurrency=concurrency,
+        sent=tally.issued,
+        ok=ok,
+        seconds=round(seconds, 3),
+        rps=ok / seconds if seconds > 0 else 0.0,
+        p50_ms=percentile(lat, 50),
+        p95_ms=percentile(lat, 95),
+        p99_ms=percentile(lat, 99),
+        mean_ms=sum(lat) / ok if ok else math.nan,
+        max_ms=lat[-1] if lat else math.nan,
+        errors=dict(tally.errors),
+    )
+
+
+def _client(spec: LoadSpec) -> httpx.AsyncClient:
+    """One connection per virtual user: the pool holds exactly one keep-alive connection."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return httpx.AsyncClient(http1=True, http2=False, limits=limits, timeout=spec.timeout_s)
+
+
+async def run_load(spec: LoadSpec) -> LoadResult:
+    """Warm up, then measure: at most ``warmup + requests`` requests, and at most
+    ``warmup_seconds + max_seconds`` plus one request timeout of wall time."""
+    check_loopback(spec.url)
+    if not 1 <= spec.concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency must be in 1..{MAX_CONCURRENCY}")
+    payload, ctype = encode_multipart(spec.body, spec.content_type, spec.filename)
+    headers = {"Content-Type": ctype}
+    clients = [_client(spec) for _ in range(spec.concurrency)]
+    try:
+        if spec.warmup:
+            await _phase(
+                clients,
+                spec.url,
+                payload,
+                headers,
+                budget=spec.warmup,
+                max_seconds=spec.warmup_seconds,
+            )
+        tally, seconds = await _phase(
+            clients,
+            spec.url,
+            payload,
+            headers,
+            budget=spec.requests,
+            max_seconds=spec.max_seconds,
+        )
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    return _summarise(spec.concurrency, tally, seconds)
+
+
+def run_load_sync(spec: LoadSpec) -> LoadResult:
+    """``run_load`` from synchronous code (uvloop when installed: less client CPU)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run_load(spec))
+    return uvloop.run(run_load(spec))
