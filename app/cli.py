@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import run
 
     settings = _settings(host=args.host, port=args.port)
-    run(settings, workers=args.workers)
+    run(settings, workers=args.workers or settings.workers)
     return 0
 
 
@@ -197,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="default MOBILENET_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, help="default MOBILENET_PORT or 8000")
-    p.add_argument("--workers", type=int, default=1, help="processes (each loads the models)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes, each loading the models (default MOBILENET_WORKERS or 1)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # --- serving ---
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes on the port (each loads the models)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where models run: auto = CUDA if present, else CPU."
     )
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
         64, ge=1, description="Hard cap on requests in flight per variant before 503."
     )
     admission_target_ms: float = Field(
-        300,
+        500,
         gt=0,
         description="Server-side latency (decode + queue + inference) the per-variant "
         "concurrency limit steers to; past the limit, 503 with Retry-After.",

@@ -55,10 +55,10 @@ RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
 
 DEFAULT_VARIANTS = ("v3-small-1.0-224", "v2-1.0-224")
-DEFAULT_SERVERS = ("ours", "naive", "litserve")
+DEFAULT_SERVERS = ("ours", "ours-onnx", "naive", "litserve")
 DEFAULT_CONCURRENCY = (1, 16, 64)
 DEFAULT_INPUTS = ("720p", "small", "png")
-OURS = ("ours", "ours-torch")
+OURS = ("ours", "ours-torch", "ours-onnx")
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
 
@@ -187,6 +187,13 @@ def server_defs(ours_env: dict[str, str]) -> dict[str, ServerDef]:
             "ours-torch",
             ours_command,
             ours_env_fn({"MOBILENET_BACKEND": "torch", **ours_env}),
+            "/readyz",
+            lambda v: f"/predict?variant={v}",
+        ),
+        "ours-onnx": ServerDef(
+            "ours-onnx",
+            ours_command,
+            ours_env_fn({"MOBILENET_BACKEND": "onnx", **ours_env}),
             "/readyz",
             lambda v: f"/predict?variant={v}",
         ),
