@@ -7,6 +7,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import InvalidRequest, Unauthorized
 from app.serving.service import ClassifierService
@@ -25,17 +26,18 @@ ServiceDep = Annotated[ClassifierService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+_bearer = HTTPBearer(auto_error=False, description="MOBILENET_API_KEY, when the server sets one.")
+
+
 def require_api_key(
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> None:
     """When MOBILENET_API_KEY is set, predict routes need ``Authorization: Bearer <key>``."""
     if not settings.api_key:
         return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), settings.api_key.encode()
-    ):
+    token = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
         raise Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'")
 
 

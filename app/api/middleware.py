@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from urllib.parse import parse_qs
@@ -19,6 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import Overloaded, PayloadTooLarge
 from app.observability.logging import request_id_var
 
+access_log = logging.getLogger("app.access")
+# Probes and scrapes would drown the log; every other request gets one line.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -35,6 +40,15 @@ class RequestIdMiddleware:
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
 
+        def send_with_status(inner: Send) -> Send:
+            async def wrapped(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await inner(message)
+
+            return wrapped
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [
@@ -44,9 +58,24 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        start = time.perf_counter()
+        status = 500
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_status(send_with_id))
         finally:
+            if scope["path"] not in QUIET_PATHS:
+                access_log.info(
+                    "%s %s %s",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                    },
+                )
             request_id_var.reset(token)
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -45,9 +46,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def configure_logging(*, json_logs: bool, level: str = "info") -> None:
-    """Route the app's and uvicorn's loggers to stderr in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    *, json_logs: bool, level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Route the app's and uvicorn's loggers to ``stream`` (stderr) in the chosen format."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if json_logs:
         handler.setFormatter(JsonFormatter())
