@@ -25,7 +25,15 @@ SHARED_SSL = ssl.create_default_context()
 IMAGE = Path(__file__).resolve().parents[2] / "shared" / "images" / "cat_720p.jpg"
 
 
-async def flood(url: str, body: bytes, *, clients: int, requests: int, limit_s: float) -> dict:
+async def flood(
+    url: str,
+    body: bytes,
+    *,
+    clients: int,
+    requests: int,
+    limit_s: float,
+    path: str = "/predict?model=v3",
+) -> dict:
     """Closed-loop clients that ignore Retry-After (the worst case) until the budget ends."""
     check_loopback(url)
     rows: list[tuple[int, float, str | None]] = []
@@ -41,7 +49,7 @@ async def flood(url: str, body: bytes, *, clients: int, requests: int, limit_s: 
             while sent < requests and time.monotonic() < stop:
                 sent += 1
                 t = time.perf_counter()
-                r = await c.post("/predict", content=body, headers={"content-type": "image/jpeg"})
+                r = await c.post(path, content=body, headers={"content-type": "image/jpeg"})
                 rows.append((r.status_code, time.perf_counter() - t, r.headers.get("retry-after")))
 
     t0 = time.perf_counter()
@@ -71,6 +79,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--limit-s", type=float, default=60)
     parser.add_argument("--image", type=Path, default=IMAGE)
+    parser.add_argument("--path", default="/predict?model=v3")
     args = parser.parse_args()
     result = asyncio.run(
         flood(
@@ -79,6 +88,7 @@ def main() -> None:
             clients=args.clients,
             requests=args.requests,
             limit_s=args.limit_s,
+            path=args.path,
         )
     )
     for k, v in result.items():
