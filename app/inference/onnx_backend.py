@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -47,7 +48,10 @@ def export_onnx(model: nn.Module, pre: Preprocessing) -> bytes:
     wrapped = _WithPreprocessing(fold_batchnorm(model.eval()), pre).eval()
     example = torch.zeros(1, pre.size, pre.size, 3, dtype=torch.uint8)
     buf = io.BytesIO()
-    with torch.no_grad():
+    # Conv2dSame computes its padding from the input size in Python: the trace records
+    # it as a constant, which is right here because each variant has one resolution.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapped,
             (example,),
