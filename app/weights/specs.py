@@ -109,6 +109,23 @@ def _tf(
     )
 
 
+def _tv(arch: Arch, filename: str, *, params: int, top1: float, top5: float) -> VariantSpec:
+    """A torchvision IMAGENET1K_V1 checkpoint: its name carries the sha256 prefix."""
+    prefix = filename.rsplit("-", 1)[1].removesuffix(".pth")
+    return VariantSpec(
+        name=f"{arch}-1.0-224-torchvision",
+        arch=arch,
+        width=1.0,
+        resolution=224,
+        origin="torchvision",
+        params=params,
+        license=TV_LICENSE,
+        preprocessing=torchvision_preprocessing(224, resize_size=256),
+        sources=(SourceFile(filename=filename, url=f"{TORCHVISION}/{filename}", sha256=prefix),),
+        accuracy=Accuracy(top1=top1, top5=top5, source="torchvision IMAGENET1K_V1"),
+    )
+
+
 def _coral(
     filename: str,
     sha256: str,
@@ -243,60 +260,9 @@ SPECS: tuple[VariantSpec, ...] = (
         ),
         accuracy=Accuracy(top1=64.9, top5=None, source="TF-slim mobilenet/README.md (8-bit)"),
     ),
-    VariantSpec(
-        name="v2-1.0-224-torchvision",
-        arch="v2",
-        width=1.0,
-        resolution=224,
-        origin="torchvision",
-        params=3_504_872,
-        license=TV_LICENSE,
-        preprocessing=torchvision_preprocessing(224, resize_size=256),
-        sources=(
-            SourceFile(
-                filename="mobilenet_v2-b0353104.pth",
-                url=f"{TORCHVISION}/mobilenet_v2-b0353104.pth",
-                sha256="b0353104",
-            ),
-        ),
-        accuracy=Accuracy(top1=71.878, top5=90.286, source="torchvision IMAGENET1K_V1"),
-    ),
-    VariantSpec(
-        name="v3-small-1.0-224-torchvision",
-        arch="v3-small",
-        width=1.0,
-        resolution=224,
-        origin="torchvision",
-        params=2_542_856,
-        license=TV_LICENSE,
-        preprocessing=torchvision_preprocessing(224, resize_size=256),
-        sources=(
-            SourceFile(
-                filename="mobilenet_v3_small-047dcff4.pth",
-                url=f"{TORCHVISION}/mobilenet_v3_small-047dcff4.pth",
-                sha256="047dcff4",
-            ),
-        ),
-        accuracy=Accuracy(top1=67.668, top5=87.402, source="torchvision IMAGENET1K_V1"),
-    ),
-    VariantSpec(
-        name="v3-large-1.0-224-torchvision",
-        arch="v3-large",
-        width=1.0,
-        resolution=224,
-        origin="torchvision",
-        params=5_483_032,
-        license=TV_LICENSE,
-        preprocessing=torchvision_preprocessing(224, resize_size=256),
-        sources=(
-            SourceFile(
-                filename="mobilenet_v3_large-8738ca79.pth",
-                url=f"{TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
-                sha256="8738ca79",
-            ),
-        ),
-        accuracy=Accuracy(top1=74.042, top5=91.340, source="torchvision IMAGENET1K_V1"),
-    ),
+    _tv("v2", "mobilenet_v2-b0353104.pth", params=3_504_872, top1=71.878, top5=90.286),
+    _tv("v3-small", "mobilenet_v3_small-047dcff4.pth", params=2_542_856, top1=67.668, top5=87.402),
+    _tv("v3-large", "mobilenet_v3_large-8738ca79.pth", params=5_483_032, top1=74.042, top5=91.340),
 )
 
 SPECS_BY_NAME: dict[str, VariantSpec] = {s.name: s for s in SPECS}
