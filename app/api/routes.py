@@ -26,7 +26,7 @@ from app.api.schemas import (
     VariantOut,
 )
 from app.errors import ServiceError
-from app.serving.registry import MODEL_ALIASES, LoadedVariant
+from app.serving.registry import LoadedVariant
 from app.serving.service import Classification
 
 router = APIRouter()
@@ -197,9 +197,7 @@ async def predict(
             upload = await uploads.read_one(request, limit=settings.max_upload_bytes)
             result = await unless_disconnected(
                 request,
-                service.classify(
-                    upload.data, variant=target.name, topk=topk, deadline=deadline, admit=False
-                ),
+                service.classify(upload.data, target, topk=topk, deadline=deadline, admit=False),
             )
     except ServiceError as exc:
         _record(request, "/predict", label, status_for(exc), start)
@@ -248,7 +246,7 @@ async def predict_batch(
 
     async def one(i: int, up: uploads.Upload) -> BatchItem:
         try:
-            c = await service.classify(up.data, variant=target.name, topk=topk, deadline=deadline)
+            c = await service.classify(up.data, target, topk=topk, deadline=deadline)
         except ServiceError as exc:
             return BatchItem(
                 index=i,
@@ -352,6 +350,3 @@ async def metrics(service: ServiceDep) -> Response:
     for v in service.registry:
         service.metrics.queue_depth.labels(v.name).set(v.batcher.depth)
     return Response(service.metrics.render(), media_type=service.metrics.content_type)
-
-
-ALLOWED_MODELS = list(MODEL_ALIASES)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from app.batching import Batcher
-from app.errors import CorruptImage, NotReady, Overloaded, ServiceError, ShuttingDown, WeightsError
-from app.imaging import prepare, probe_jpeg
+from app.errors import NotReady, Overloaded, ServiceError, ShuttingDown, WeightsError
+from app.imaging import Preprocessing, prepare, probe_jpeg
 from app.inference import create_backend
 from app.observability.metrics import BatcherMetrics, Metrics
 from app.serving.admission import Admission
@@ -185,7 +185,7 @@ class ClassifierService:
         buckets = batch_buckets(self.settings.max_batch_size)
         for v in list(self.registry):
             await loop.run_in_executor(self.inference_pool, v.backend.warmup, buckets)
-            result = await self.classify(golden, variant=v.name, topk=5, check_ready=False)
+            result = await self.classify(golden, v, topk=5)
             top = {p.index for p in result.predictions}
             if not top & CAT_CLASSES:
                 # Corrupt or mismatched weights: never serve them.
@@ -237,7 +237,7 @@ class ClassifierService:
 
     # ---------------------------------------------------------------- requests
     @staticmethod
-    def _predict_fn(backend, pre=None, max_pixels: int = 0):
+    def _predict_fn(backend, pre: Preprocessing, max_pixels: int):
         """Batch items are preprocessed arrays, or raw JPEGs for a device decoder (which
         fall back to the CPU decoder one by one if the device refuses them)."""
 
@@ -280,10 +280,10 @@ class ClassifierService:
 
     async def decode(
         self, data: bytes, target: LoadedVariant
-    ) -> tuple[np.ndarray | JpegItem, float, float]:
+    ) -> tuple[np.ndarray | JpegItem, float]:
         """Decode + preprocess on the pool, or (CUDA) only check the header here and let
-        the device decode the JPEG inside the batch. Returns the item, the wall time
-        (waiting included) and the work time, in ms."""
+        the device decode the JPEG inside the batch. Returns the item and the wall time
+        (waiting included) in ms."""
         t0 = time.perf_counter()
         pre, limit = target.spec.preprocessing, self.settings.max_pixels
         if (
@@ -291,36 +291,24 @@ class ClassifierService:
             and getattr(target.backend, "cuda", False)
             and probe_jpeg(data, max_pixels=limit)
         ):
-            ms = (time.perf_counter() - t0) * 1000
-            return JpegItem(data), ms, ms
-
-        def work() -> tuple[np.ndarray, float]:
-            start = time.perf_counter()
-            return prepare(data, pre, max_pixels=limit), time.perf_counter() - start
-
-        array, work_s = await asyncio.get_running_loop().run_in_executor(self.decode_pool, work)
-        return array, (time.perf_counter() - t0) * 1000, work_s * 1000
+            return JpegItem(data), (time.perf_counter() - t0) * 1000
+        array = await asyncio.get_running_loop().run_in_executor(
+            self.decode_pool, lambda: prepare(data, pre, max_pixels=limit)
+        )
+        return array, (time.perf_counter() - t0) * 1000
 
     async def classify(
         self,
         data: bytes,
+        target: LoadedVariant,
         *,
-        model: str | None = None,
-        width: float | None = None,
-        resolution: int | None = None,
-        variant: str | None = None,
         topk: int = 5,
         deadline: float | None = None,
-        check_ready: bool = True,
         admit: bool = True,
     ) -> Classification:
-        if check_ready:
-            self._check_accepting()
-        target = self.registry.resolve(
-            model=model, width=width, resolution=resolution, variant=variant
-        )
+        """Classify ``data`` with ``target`` (from ``resolve``: readiness already checked)."""
         with self.admit(target) if admit else contextlib.nullcontext():
-            array, decode_ms, _work_ms = await self.decode(data, target)
+            array, decode_ms = await self.decode(data, target)
             done = await target.batcher.submit(array, deadline=deadline)
             if isinstance(done.result, ServiceError):
                 raise done.result
@@ -370,10 +358,10 @@ class ClassifierService:
         ]
 
 
-def _cpu_fallback(backend, data: bytes, pre, max_pixels: int) -> np.ndarray | ServiceError:
+def _cpu_fallback(
+    backend, data: bytes, pre: Preprocessing, max_pixels: int
+) -> np.ndarray | ServiceError:
     """Decode one JPEG the device refused on the CPU; a truly bad file becomes its error."""
-    if pre is None:
-        return CorruptImage("cannot decode JPEG image; the file is truncated or damaged")
     try:
         return backend.predict(prepare(data, pre, max_pixels=max_pixels)[None])[0]
     except ServiceError as exc:
