@@ -57,6 +57,23 @@ def test_litert_agrees_with_float_conversion(variant: str, weights_dir: Path, ba
     assert sum(agree) >= len(PHOTOS) - (1 if variant.startswith("v3") else 0), agree
 
 
+@pytest.mark.parametrize("variant", ["v1-1.0-224", "v3-small-1.0-224"])
+def test_litert_interpreters_split_a_batch_without_changing_it(
+    variant: str, weights_dir: Path, batch_for
+) -> None:
+    """Several single-threaded interpreters share a batch: same scores, same order, for
+    every batch size (V1 1.0/224 is two chained graphs)."""
+    spec = SPECS_BY_NAME[variant]
+    batch = batch_for(variant)
+    one = create_backend(spec, weights_dir=weights_dir, requested="litert", threads=1)
+    three = create_backend(spec, weights_dir=weights_dir, requested="litert", threads=3)
+    ref = one.predict(batch)
+    assert len({int(p.argmax()) for p in ref}) > 1  # distinct photos, so order is checked
+    for n in (1, 2, 3, len(PHOTOS)):
+        assert np.array_equal(three.predict(batch[:n]), ref[:n]), n
+    assert np.array_equal(three.predict(batch[::-1]), ref[::-1])
+
+
 def test_auto_picks_litert_on_cpu_for_tf_origin_and_torch_otherwise(weights_dir: Path) -> None:
     tf = SPECS_BY_NAME["v3-small-1.0-224"]
     tv = SPECS_BY_NAME["v3-small-1.0-224-torchvision"]
