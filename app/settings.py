@@ -45,7 +45,15 @@ class Settings(BaseSettings):
     threads: int = Field(
         default_factory=_default_threads,
         ge=1,
-        description="CPU threads for inference (torch intra-op).",
+        description="CPU threads for inference (torch and ONNX intra-op; LiteRT runs this many "
+        "single-threaded interpreters side by side).",
+    )
+    worker_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="Nice increment of the decode and inference threads, so the event "
+        "loop answering requests runs first (Linux; 0 turns it off).",
     )
     decode_threads: int = Field(
         default_factory=_default_threads,
@@ -64,8 +72,16 @@ class Settings(BaseSettings):
     admission_target_ms: float = Field(
         500,
         gt=0,
-        description="Server-side latency (decode + queue + inference) the per-variant "
+        description="Server-side latency (admission to answer) the per-variant "
         "concurrency limit steers to; past the limit, 503 with Retry-After.",
+    )
+    retry_after_hold_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="A connection refused with 503 that retries before its Retry-After "
+        "while still refused gets its next 503 only when Retry-After is up (at most this "
+        "long). 0 turns it off (e.g. behind a proxy that pools connections).",
     )
     request_timeout_ms: float = Field(
         10_000, gt=0, description="Default per-request deadline (timeout_ms overrides)."

@@ -97,7 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
-    app.add_middleware(FastRejectMiddleware, service=lambda: getattr(app.state, "service", None))
+    app.add_middleware(
+        FastRejectMiddleware,
+        service=lambda: getattr(app.state, "service", None),
+        hold_s=settings.retry_after_hold_s,
+    )
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -160,16 +161,32 @@ class FastRejectMiddleware:
     the requests that were admitted. The route still takes the real admission slot.
     Anything unusual (bad parameters, not loaded yet) falls through to the app, which
     gives the precise error.
+
+    Retry-After is enforced per connection (``hold_s`` > 0): a connection that was just
+    refused and comes back before its Retry-After while the variant is still full gets
+    its next 503 only when that Retry-After is up (at most ``hold_s``). A client that
+    honours Retry-After never notices; one that retries in a tight loop is slowed to the
+    pace it was asked for, instead of spending the cores on refusals (on 2 cores, 200
+    such clients drove ~1,400 refusals/s and pushed admitted p99 past 1 s). The first
+    503 on a connection is always immediate, and a request is held only when it would
+    be refused anyway.
     """
 
-    def __init__(self, app: ASGIApp, *, service: Callable[[], object | None]) -> None:
+    MAX_TRACKED = 10_000  # connections remembered at once (each is a few dozen bytes)
+
+    def __init__(
+        self, app: ASGIApp, *, service: Callable[[], object | None], hold_s: float = 0.0
+    ) -> None:
         self.app = app
         self.service = service
+        self.hold_s = hold_s
+        self._refused_until: dict[tuple, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
             refusal = self._refusal(scope)
             if refusal is not None:
+                await self._hold_if_early(scope, refusal)
                 await _send_json(
                     send,
                     503,
@@ -178,6 +195,22 @@ class FastRejectMiddleware:
                 )
                 return
         await self.app(scope, receive, send)
+
+    async def _hold_if_early(self, scope: Scope, refusal: _Refusal) -> None:
+        """Delay this refusal until the previous one's Retry-After is up (see class doc)."""
+        client = scope.get("client")
+        if self.hold_s <= 0 or not client:
+            return
+        key, now = tuple(client), time.monotonic()
+        until = self._refused_until.pop(key, None)
+        if until is not None and until > now:
+            await asyncio.sleep(min(until - now, self.hold_s))
+            return  # the next request on this connection is judged afresh
+        if len(self._refused_until) >= self.MAX_TRACKED:
+            self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
+            if len(self._refused_until) >= self.MAX_TRACKED:
+                return
+        self._refused_until[key] = now + refusal.retry_after
 
     def _refusal(self, scope: Scope):
         service = self.service()

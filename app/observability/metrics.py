@@ -38,6 +38,18 @@ class Metrics:
         self.queue_depth = Gauge(
             "mobilenet_queue_depth", "Requests waiting per variant", ["variant"], registry=r
         )
+        self.in_flight = Gauge(
+            "mobilenet_in_flight",
+            "Admitted requests not yet answered, per variant",
+            ["variant"],
+            registry=r,
+        )
+        self.admission_limit = Gauge(
+            "mobilenet_admission_limit",
+            "Current concurrency limit per variant (503 past it)",
+            ["variant"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "mobilenet_batch_size",
             "Images per executed batch",

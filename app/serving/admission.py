@@ -2,11 +2,21 @@
 
 The batcher's queue is bounded, but a request also waits before it (decoding), so the
 whole path from admission to answer is what must stay bounded. Each variant keeps a
-concurrency limit that follows measured latency (a gradient limiter, as in Netflix's
-concurrency-limits): every answered request reports its server time (decode + queue +
-inference); the limit moves toward ``limit * target / latency``, so it grows while the
-server answers faster than the target and shrinks as soon as queueing makes it slower.
-Latency reflects contention for the CPU too, which a per-stage work estimate misses.
+concurrency limit that follows measured latency, as Netflix's concurrency-limits and
+TCP congestion control do: every answered request reports its server time, from taking
+its slot to its answer (reading, decoding, queueing, inference and every wait between).
+
+The limit changes once per window of answers (half the limit, at least four), never per
+answer: latency reacts to a new limit only one generation of requests later, and
+adjusting faster than that made the limit swing between its floor and its cap under a
+flood (measured: 8 <-> 64 every second). At the end of a window:
+
+* the window's p90 above the target: shrink multiplicatively, toward
+  ``limit * target / p90`` but at most by half;
+* below the target, and the limit was reached during the window: grow additively by
+  ``sqrt(limit)`` (at least 1);
+* otherwise keep it: a limit that nobody presses against is not evidence of capacity,
+  and growing it while idle would let the next burst in all at once.
 """
 
 from __future__ import annotations
@@ -15,7 +25,8 @@ import math
 
 from app.errors import Overloaded
 
-ALPHA = 0.2  # EWMA weight of the newest measurement
+ALPHA = 0.2  # EWMA weight of the newest latency (Retry-After estimates)
+MIN_WINDOW = 4
 
 
 class Admission:
@@ -32,25 +43,33 @@ class Admission:
     ) -> None:
         self.name = name
         self.hard_limit = hard_limit
-        self.cold_limit = min(cold_limit, hard_limit)  # until work is measured: one batch
+        self.cold_limit = min(cold_limit, hard_limit)  # until answers are measured
         self.min_limit = min(min_limit, hard_limit)
         self.target_s = target_s
         self.in_flight = 0
         self._limit = float(self.cold_limit)
         self._latency: float | None = None
+        self._window: list[float] = []
+        self._pressed = False  # the limit was reached during the current window
 
     def record(self, *, latency_s: float) -> None:
-        """One answered request's server-side latency (decode + queue + inference)."""
-        lat = (
+        """One answered request's server-side latency, from admission to answer."""
+        self._latency = (
             latency_s
             if self._latency is None
             else self._latency + ALPHA * (latency_s - self._latency)
         )
-        self._latency = lat
-        desired = self._limit * self.target_s / max(lat, 1e-4)
-        self._limit = min(
-            self.hard_limit, max(self.min_limit, self._limit + ALPHA * (desired - self._limit))
-        )
+        self._window.append(latency_s)
+        if len(self._window) < max(MIN_WINDOW, int(self._limit) // 2):
+            return
+        window = sorted(self._window)
+        p90 = window[int(0.9 * (len(window) - 1))]
+        if p90 > self.target_s:
+            self._limit = max(self.min_limit, self._limit * max(0.5, self.target_s / p90))
+        elif self._pressed:
+            self._limit = min(self.hard_limit, self._limit + max(1.0, math.sqrt(self._limit)))
+        self._window.clear()
+        self._pressed = self.in_flight >= self.limit()
 
     def limit(self) -> int:
         return int(self._limit)
@@ -63,6 +82,7 @@ class Admission:
         return self.in_flight >= self.limit()
 
     def overloaded(self) -> Overloaded:
+        self._pressed = True
         return Overloaded(
             f"{self.name} is at capacity ({self.in_flight} requests in flight); retry "
             f"in {self.retry_after_s()} s or use another replica",
@@ -75,6 +95,8 @@ class Admission:
         if self.full():
             raise self.overloaded()
         self.in_flight += 1
+        if self.in_flight >= self.limit():
+            self._pressed = True
 
     def leave(self) -> None:
         self.in_flight -= 1
