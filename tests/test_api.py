@@ -723,6 +723,11 @@ def test_metrics_is_prometheus_text(app_client: Any, cat: bytes) -> None:
     )
     assert ok and float(ok.group(1)) >= 1
     assert re.search(r'mobilenet_requests_total\{[^}]*status="404"[^}]*\} [1-9]', text)
+    # Admission state: nothing in flight once answered, and the live limit per variant.
+    assert 'mobilenet_in_flight{variant="v3-small-1.0-224"} 0.0' in text
+    limit = re.search(r'mobilenet_admission_limit\{variant="v3-small-1.0-224"\} (\d+)', text)
+    service = app_client.app.state.service
+    assert limit and int(limit.group(1)) == service.admission["v3-small-1.0-224"].limit()
 
 
 def test_api_key_guards_predict_but_not_health(make_client: Any, cat: bytes) -> None:

@@ -57,7 +57,11 @@ GRACE_S = 10.0
 # Shutdown, not admission, is under test: a generous latency target keeps the suite's own
 # CPU contention from turning load into 503s before the signal (tests/test_admission.py
 # and tests/test_overload.py cover shedding).
-REPLICA_ENV = {"MOBILENET_SHUTDOWN_GRACE_S": str(GRACE_S), "MOBILENET_ADMISSION_TARGET_MS": "5000"}
+REPLICA_ENV = {
+    "MOBILENET_SHUTDOWN_GRACE_S": str(GRACE_S),
+    "MOBILENET_ADMISSION_TARGET_MS": "5000",
+    "MOBILENET_RETRY_AFTER_HOLD_S": "0",  # as docker-compose.yml sets it behind nginx
+}
 # A request started this long before SIGTERM has surely been admitted by then. (One sent
 # in the last few ms may still sit unread in the socket of an idle keep-alive connection,
 # which uvicorn closes at shutdown: the client sees a reset and must retry; nginx does.)
