@@ -83,10 +83,11 @@ class LiteRTBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         n = min(len(self._chains), len(batch))
-        parts = np.array_split(batch, n) if n > 1 else [batch]
-        if self._helpers is None or n == 1:
-            probs = (self._solo if len(batch) == 1 else self._chains[0]).run(batch)
+        if n <= 1:  # a lone image, or one interpreter only (then it is also the solo one)
+            probs = self._solo.run(batch)
         else:  # the calling thread takes the first share, helpers the rest
+            assert self._helpers is not None  # there are n > 1 interpreters
+            parts = np.array_split(batch, n)
             futures = [
                 self._helpers.submit(chain.run, part)
                 for chain, part in zip(self._chains[1:n], parts[1:], strict=True)
