@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api import uploads
@@ -27,7 +28,7 @@ from app.api.schemas import (
 )
 from app.errors import ServiceError
 from app.serving.registry import LoadedVariant
-from app.serving.service import Classification
+from app.serving.service import Classification, ClassifierService
 
 router = APIRouter()
 
@@ -107,6 +108,34 @@ VariantQ = Annotated[
 TopkQ = Annotated[int, Query(ge=1, le=20, description="How many classes to return (1-20).")]
 
 
+@dataclass(frozen=True)
+class VariantChoice:
+    """The query parameters that pick a variant, shared by both predict routes."""
+
+    model: str | None
+    width: float | None
+    resolution: int | None
+    variant: str | None
+
+    def resolve(self, service: ClassifierService) -> LoadedVariant:
+        return service.resolve(
+            model=self.model, width=self.width, resolution=self.resolution, variant=self.variant
+        )
+
+
+async def variant_choice(
+    model: ModelQ = None,
+    width: WidthQ = None,
+    resolution: ResolutionQ = None,
+    variant: VariantQ = None,
+) -> VariantChoice:
+    """``async`` so FastAPI runs it inline, not in its thread pool (see app.api.deps)."""
+    return VariantChoice(model, width, resolution, variant)
+
+
+ChoiceDep = Annotated[VariantChoice, Depends(variant_choice)]
+
+
 def variant_out(v: LoadedVariant) -> VariantOut:
     s = v.spec
     return VariantOut(
@@ -178,10 +207,7 @@ async def predict(
     service: ServiceDep,
     settings: SettingsDep,
     deadline: DeadlineDep,
-    model: ModelQ = None,
-    width: WidthQ = None,
-    resolution: ResolutionQ = None,
-    variant: VariantQ = None,
+    choice: ChoiceDep,
     topk: TopkQ = 5,
 ) -> Any:
     """Classify an uploaded image (multipart field `file`, or a raw `image/*` body).
@@ -189,9 +215,9 @@ async def predict(
     `curl -F file=@cat.jpg 'http://127.0.0.1:8000/predict?model=v3'`
     """
     start = time.perf_counter()
-    label = model or "default"
+    label = choice.model or "default"
     try:
-        target = service.resolve(model=model, width=width, resolution=resolution, variant=variant)
+        target = choice.resolve(service)
         label = target.name
         with service.admit(target):  # refuse a flood before parsing its bodies
             upload = await uploads.read_one(request, limit=settings.max_upload_bytes)
@@ -230,16 +256,13 @@ async def predict_batch(
     service: ServiceDep,
     settings: SettingsDep,
     deadline: DeadlineDep,
-    model: ModelQ = None,
-    width: WidthQ = None,
-    resolution: ResolutionQ = None,
-    variant: VariantQ = None,
+    choice: ChoiceDep,
     topk: TopkQ = 5,
 ) -> Any:
     """Classify several files (multipart fields `files`) in one request; one result each, in
     order. A bad file fails only its own item."""
     start = time.perf_counter()
-    target = service.resolve(model=model, width=width, resolution=resolution, variant=variant)
+    target = choice.resolve(service)
     files = await uploads.read_many(
         request, limit=settings.max_upload_bytes, max_files=settings.max_batch_files
     )
