@@ -7,7 +7,7 @@ Run by ``bench/gpu_check.sh`` on a machine with an NVIDIA GPU; prints compact ta
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -24,12 +24,15 @@ from app.imaging import prepare
 from app.inference.torch_backend import TorchBackend
 from app.weights import SPECS_BY_NAME
 from app.weights.store import load_model
+from bench import rawload
 
 BATCHES = (1, 8, 32, 64, 128, 256)
 # BENCH_DEVICE=cpu dry-runs the harness on a machine without a GPU (tiny numbers).
 DEVICE = os.environ.get("BENCH_DEVICE", "cuda")
 JPEG_BATCHES = (32, 64, 128, 256)
-HTTP_SECONDS = 5.0
+HTTP_SECONDS = 6.0
+# (route, images per request, concurrency per server process)
+HTTP_RUNS = (("/predict?model=v3", 1, 32), ("/predict/batch?model=v3", 32, 4))
 
 
 def _sync_time(fn, *, repeat: int) -> float:
@@ -97,42 +100,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _drive(
-    url: str, files: list[bytes], *, concurrency: int, seconds: float, per_request: int
-) -> tuple[int, list[float], int]:
-    import httpx
-
-    done, errors, latencies = 0, 0, []
-    stop = time.perf_counter() + seconds
-
-    async def user(i: int) -> None:
-        nonlocal done, errors
-        async with httpx.AsyncClient(timeout=30) as client:
-            k = i
-            while time.perf_counter() < stop:
-                chosen = [files[(k + j) % len(files)] for j in range(per_request)]
-                k += per_request
-                t = time.perf_counter()
-                if per_request == 1:
-                    r = await client.post(url, files={"file": ("x.jpg", chosen[0], "image/jpeg")})
-                else:
-                    r = await client.post(
-                        url,
-                        files=[
-                            ("files", (f"{j}.jpg", c, "image/jpeg")) for j, c in enumerate(chosen)
-                        ],
-                    )
-                latencies.append(time.perf_counter() - t)
-                if r.status_code == 200:
-                    done += per_request
-                else:
-                    errors += 1
-
-    await asyncio.gather(*(user(i) for i in range(concurrency)))
-    return done, latencies, errors
-
-
 def http(weights_dir: Path, images: list[bytes], *, workers: int) -> None:
+    """Multipart JPEG uploads through a real server (``workers`` processes on one port),
+    driven by ``bench.rawload`` on the same machine's remaining cores."""
     print(f"\n## HTTP end to end, v3-small-1.0-224, JPEG uploads, {workers} server process(es)")
     port = _free_port()
     env = {
@@ -144,38 +114,40 @@ def http(weights_dir: Path, images: list[bytes], *, workers: int) -> None:
         "MOBILENET_MAX_BATCH_SIZE": "256",
         "MOBILENET_QUEUE_LIMIT": "4096",
         "MOBILENET_MAX_WAIT_MS": "2",
+        "MOBILENET_LOG_LEVEL": "warning",
     }
+    t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--workers", str(workers)], env=env
     )
+    cores = os.cpu_count() or 2
+    clients = max(1, min(8, cores - workers - 2)) if DEVICE != "cpu" else 1
     try:
         import httpx
 
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        for route, per, conc in (
-            ("/predict", 1, 64),
-            ("/predict", 1, 256),
-            ("/predict/batch?model=v3", 32, 16),
-        ):
-            url = f"http://127.0.0.1:{port}{route}"
-            asyncio.run(
-                _drive(url, images, concurrency=conc, seconds=HTTP_SECONDS / 4, per_request=per)
+        ready = 0
+        for _ in range(900):
+            with contextlib.suppress(httpx.HTTPError):
+                ready += httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+            if ready >= 3 * workers:
+                break
+            time.sleep(0.1)
+        print(f"server ready after {time.perf_counter() - t0:.1f} s; load: {clients} process(es)")
+        for route, per, conc in HTTP_RUNS:
+            r = rawload.run(
+                port=port,
+                path=route,
+                images=images,
+                per_request=per,
+                concurrency=conc * workers,
+                processes=clients,
+                warmup_s=HTTP_SECONDS / 3,
+                seconds=HTTP_SECONDS,
             )
-            t = time.perf_counter()
-            done, lat, errors = asyncio.run(
-                _drive(url, images, concurrency=conc, seconds=8, per_request=per)
-            )
-            el = time.perf_counter() - t
-            p = np.percentile(np.array(lat) * 1000, [50, 99]) if lat else [0, 0]
             print(
-                f"{route:26s} imgs/req {per:3d} conc {conc:4d}: {done / el:8.0f} img/s, "
-                f"p50 {p[0]:.1f} ms, p99 {p[1]:.1f} ms, errors {errors}",
+                f"{route:26s} imgs/req {per:3d} conc {conc * workers:4d}: "
+                f"{r['images_per_s']:8.0f} img/s, p50 {r['p50_ms']:.1f} ms, "
+                f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}",
                 flush=True,
             )
     finally:
@@ -190,7 +162,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights-dir", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--workers", type=int, default=0, help="also run N server processes")
+    parser.add_argument(
+        "--workers", type=int, default=8, help="after one server process, also N (0: skip)"
+    )
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(0) if DEVICE != "cpu" else "cpu", "torch", torch.__version__)
