@@ -4,6 +4,8 @@
 #   bash bench/gpu_check.sh
 # SHARED: a folder with pretrained/tflite/ and images/ (default .shared, else ../shared).
 # Offline GPU images: wheels for packages the image lacks may wait in .whl/.
+# SKIP_TESTS=1 skips the GPU tests; GPU_BENCH_ARGS passes options to bench.gpu_bench
+# (e.g. '--http-only --workers 8,13').
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
@@ -39,5 +41,6 @@ echo "== GPU tests"
   | tee "$OUT/pytest.txt" | tail -25
 
 echo "== GPU benchmark"
-timeout 200 $PY -m bench.gpu_bench --weights-dir $W --images "$MOBILENET_SHARED_DIR/images" \
+timeout 300 $PY -m bench.gpu_bench --weights-dir $W --images "$MOBILENET_SHARED_DIR/images" \
+  ${GPU_BENCH_ARGS:-} \
   2>&1 | grep -v -E "INFO|Warning" | tee "$OUT/bench.txt"
