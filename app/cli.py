@@ -39,8 +39,8 @@ def _settings(**overrides: object):
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import run
 
-    settings = _settings(host=args.host, port=args.port)
-    run(settings, workers=args.workers or settings.workers)
+    settings = _settings(host=args.host, port=args.port, workers=args.workers)
+    run(settings, workers=settings.workers)
     return 0
 
 

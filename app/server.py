@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,7 +58,9 @@ def run(settings: Settings, *, workers: int = 1) -> None:
         **_fast_loops(),
     )
     if workers > 1:
-        # Each worker builds its own app from the same environment.
+        # Each worker builds its own app from the same environment, which must say how
+        # many processes share the CPUs (the thread defaults divide by it).
+        os.environ["MOBILENET_WORKERS"] = str(workers)
         uvicorn.run("app.api.app:create_app", factory=True, workers=workers, **common)
         return
     from app.api import create_app

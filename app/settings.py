@@ -6,6 +6,7 @@ fields explicitly in tests); the app keeps it on ``app.state.settings``.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -14,8 +15,37 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (v2 ``cpu.max``, v1 CFS files)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for sub in ("cpu", "cpu,cpuacct"):
+        try:
+            quota_us = int((root / sub / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / sub / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
+
+
+def cpu_budget(*, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by a container's CPU quota
+    (``docker --cpus``, a Kubernetes limit), which neither affinity nor ``nproc`` shows."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def _default_threads(data: dict) -> int:
+    """Each server process gets its share of the CPU budget (workers x threads <= CPUs)."""
+    return max(1, cpu_budget() // data.get("workers", 1))
 
 
 class Settings(BaseSettings):
@@ -46,7 +76,8 @@ class Settings(BaseSettings):
         default_factory=_default_threads,
         ge=1,
         description="CPU threads for inference (torch and ONNX intra-op; LiteRT runs this many "
-        "single-threaded interpreters side by side).",
+        "single-threaded interpreters side by side). Default: the CPUs this process may use "
+        "(affinity and container quota) divided by workers.",
     )
     worker_nice: int = Field(
         5,
@@ -58,7 +89,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         default_factory=_default_threads,
         ge=1,
-        description="Threads decoding and preprocessing uploads.",
+        description="Threads decoding and preprocessing uploads (default as for threads).",
     )
 
     # --- batching ---
