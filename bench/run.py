@@ -727,6 +727,10 @@ def machine_markdown(info: dict[str, Any], ours_env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+# Figures from the last GPU machine run (bench/gpu_check.sh, not part of `make bench`).
+GPU_SUMMARY = Path(__file__).resolve().parent / "gpu_results_h100" / "summary.md"
+
+
 def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> str:
     peers = [s for s in report["servers"] if s not in OURS]
     memory = md_table(
@@ -805,6 +809,8 @@ def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> st
         "- `litserve` (`bench/peers/litserve_peer.py`): LitServe dynamic batching, decode in "
         "`decode_request`, batched forward in `predict`.",
         "- TorchServe: see `bench/peers/torchserve_note.md`.",
+        "",
+        GPU_SUMMARY.read_text().strip() if GPU_SUMMARY.exists() else "",
         "",
     ]
     return "\n".join(parts)

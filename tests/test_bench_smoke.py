@@ -149,3 +149,81 @@ def test_percentile_interpolates() -> None:
     assert percentile(values, 50) == pytest.approx(50.5)
     assert percentile(values, 99) == pytest.approx(99.01)
     assert percentile([7.0], 99) == 7.0
+
+
+def _parse_form(raw_request: bytes) -> list[tuple[str, bytes]]:
+    """What Starlette's form parser makes of one raw HTTP request from ``bench.rawload``."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    head, body = raw_request.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    pairs = [line.split(b":", 1) for line in lines[1:]]
+    headers = [(name.strip().lower(), value.strip()) for name, value in pairs]
+    assert int(dict(headers)[b"content-length"]) == len(body)
+
+    async def parse() -> list[tuple[str, bytes]]:
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "headers": headers}
+        form = await Request(scope, receive).form()
+        return [(k, await v.read()) for k, v in form.multi_items()]
+
+    return asyncio.run(parse())
+
+
+@pytest.mark.parametrize(("per_request", "field"), [(1, "file"), (3, "files")])
+def test_rawload_requests_are_well_formed_uploads(per_request: int, field: str) -> None:
+    from bench.rawload import build_requests
+
+    images = [b"\xff\xd8\xffone", b"\xff\xd8\xfftwo\r\n--x", b"\xff\xd8\xffthree"]
+    requests = build_requests(
+        host="127.0.0.1", port=8000, path="/p?x=1", images=images, per_request=per_request, count=4
+    )
+    assert requests[0].startswith(b"POST /p?x=1 HTTP/1.1\r\n")
+    sent = [img for raw in requests for _, img in _parse_form(raw)]
+    assert all(name == field for raw in requests for name, _ in _parse_form(raw))
+    assert sent == [images[k % 3] for k in range(4 * per_request)]
+
+
+def test_rawload_counts_answers_and_survives_dropped_connections() -> None:
+    """A stub server answers 200 to one path and 503 (then hangs up) to another: the load
+    generator counts only 200s as served, every other answer as an error, and reconnects."""
+    import asyncio
+    import threading
+
+    from bench import rawload
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if b" /ok " in head.split(b"\r\n")[0]:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                else:
+                    writer.write(b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        common = dict(port=port, images=[b"\xff\xd8\xff"], warmup_s=0.2, seconds=0.6)
+        ok = rawload.run(path="/ok", per_request=4, concurrency=3, processes=2, **common)
+        assert ok["errors"] == 0 and ok["requests_per_s"] > 0
+        assert ok["images_per_s"] == pytest.approx(4 * ok["requests_per_s"])
+        busy = rawload.run(path="/busy", concurrency=2, processes=1, **common)
+        assert busy["requests_per_s"] == 0 and busy["errors"] > 2  # it kept reconnecting
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
