@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -24,6 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+# One TLS context for every virtual user: httpx would load the CA bundle per client
+# (~25 ms of CPU each, 1.6 s for 64 users before every cell).
+_SHARED_SSL = ssl.create_default_context()
 
 LOOPBACK_NAMES = frozenset({"localhost"})
 MAX_CONCURRENCY = 1024
@@ -181,7 +186,9 @@ def _summarise(concurrency: int, tally: _Tally, seconds: float) -> LoadResult:
 def _client(spec: LoadSpec) -> httpx.AsyncClient:
     """One connection per virtual user: the pool holds exactly one keep-alive connection."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return httpx.AsyncClient(http1=True, http2=False, limits=limits, timeout=spec.timeout_s)
+    return httpx.AsyncClient(
+        http1=True, http2=False, limits=limits, timeout=spec.timeout_s, verify=_SHARED_SSL
+    )
 
 
 async def run_load(spec: LoadSpec) -> LoadResult:
