@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import run
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
-    run(settings, workers=settings.workers)
+    run(settings)
     return 0
 
 

@@ -45,8 +45,8 @@ def _fast_loops() -> dict[str, str]:
     }
 
 
-def run(settings: Settings, *, workers: int = 1) -> None:
-    """Serve until signalled. ``workers > 1`` runs that many processes on one port."""
+def run(settings: Settings) -> None:
+    """Serve until signalled. ``settings.workers > 1`` runs that many processes on one port."""
     configure_logging(json_logs=settings.log_json, level=settings.log_level)
     common: dict[str, Any] = dict(
         host=settings.host,
@@ -57,11 +57,11 @@ def run(settings: Settings, *, workers: int = 1) -> None:
         server_header=False,
         **_fast_loops(),
     )
-    if workers > 1:
+    if settings.workers > 1:
         # Each worker builds its own app from the same environment, which must say how
         # many processes share the CPUs (the thread defaults divide by it).
-        os.environ["MOBILENET_WORKERS"] = str(workers)
-        uvicorn.run("app.api.app:create_app", factory=True, workers=workers, **common)
+        os.environ["MOBILENET_WORKERS"] = str(settings.workers)
+        uvicorn.run("app.api.app:create_app", factory=True, workers=settings.workers, **common)
         return
     from app.api import create_app
 

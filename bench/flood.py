@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ssl
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench.loadgen import check_loopback
+from bench.loadgen import SHARED_SSL, check_loopback
 
-# One TLS context for all clients (httpx would build one per client, ~25 ms of CPU each).
-SHARED_SSL = ssl.create_default_context()
 IMAGE = Path(__file__).resolve().parents[2] / "shared" / "images" / "cat_720p.jpg"
 
 

@@ -20,15 +20,16 @@ import ssl
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-# One TLS context for every virtual user: httpx would load the CA bundle per client
-# (~25 ms of CPU each, 1.6 s for 64 users before every cell).
-_SHARED_SSL = ssl.create_default_context()
+# One TLS context for every client of every load generator here: httpx would load the
+# CA bundle per client (~25 ms of CPU each, 1.6 s for 64 users before every cell).
+SHARED_SSL = ssl.create_default_context()
 
 LOOPBACK_NAMES = frozenset({"localhost"})
 MAX_CONCURRENCY = 1024
@@ -110,16 +111,28 @@ def check_loopback(url: str) -> None:
     raise ValueError(f"load generation is loopback-only; refusing {url!r}")
 
 
+def encode_form(files: Iterable[tuple[str, str, str, bytes]]) -> tuple[bytes, str]:
+    """Pre-encode a form of files, each ``(field, filename, content type, data)``;
+    returns (payload, Content-Type header)."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+        for field, filename, content_type, data in files
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
+
+
 def encode_multipart(body: bytes, content_type: str, filename: str) -> tuple[bytes, str]:
     """Pre-encode a one-file form (field ``file``); returns (payload, Content-Type header)."""
-    boundary = uuid.uuid4().hex
-    head = (
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    return head + body + tail, f"multipart/form-data; boundary={boundary}"
+    return encode_form([("file", filename, content_type, body)])
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -187,7 +200,7 @@ def _client(spec: LoadSpec) -> httpx.AsyncClient:
     """One connection per virtual user: the pool holds exactly one keep-alive connection."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     return httpx.AsyncClient(
-        http1=True, http2=False, limits=limits, timeout=spec.timeout_s, verify=_SHARED_SSL
+        http1=True, http2=False, limits=limits, timeout=spec.timeout_s, verify=SHARED_SSL
     )
 
 

@@ -16,10 +16,11 @@ import asyncio
 import json
 import multiprocessing as mp
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from bench.loadgen import encode_form
 
 
 def build_requests(
@@ -29,21 +30,13 @@ def build_requests(
     field = "file" if per_request == 1 else "files"
     out = []
     for k in range(count):
-        boundary = uuid.uuid4().hex
-        parts = []
-        for j in range(per_request):
-            data = images[(k * per_request + j) % len(images)]
-            parts.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-                f'filename="{j}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-                + data
-                + b"\r\n"
-            )
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        body, content_type = encode_form(
+            (field, f"{j}.jpg", "image/jpeg", images[(k * per_request + j) % len(images)])
+            for j in range(per_request)
+        )
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         out.append(head + body)
     return out

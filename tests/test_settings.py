@@ -96,6 +96,6 @@ def test_multi_worker_serve_tells_the_workers_how_many_share_the_cpus(
     monkeypatch.setattr(settings_module, "cpu_budget", lambda: 16)
     monkeypatch.setattr(server.uvicorn, "run", lambda *a, **kw: seen.update(kw, env=Settings()))
     monkeypatch.setattr(server, "configure_logging", lambda **_: None)
-    server.run(Settings(workers=4), workers=4)
+    server.run(Settings(workers=4))
     assert seen["workers"] == 4 and seen["factory"] is True
     assert (seen["env"].workers, seen["env"].threads) == (4, 4)
