@@ -45,6 +45,7 @@ def create_backend(
     threads: int = 1,
     cuda_graphs: bool = True,
     max_batch_size: int = 256,
+    exact_hard_swish: bool = True,
 ) -> Backend:
     """Load ``spec``'s weights into the chosen backend on the chosen device."""
     device = resolve_device(device)
@@ -62,7 +63,10 @@ def create_backend(
                 variant=spec.name,
             )
         return litert_backend.LiteRTBackend(
-            paths, threads=threads, drop_background=spec.upstream_classes == spec.num_classes + 1
+            paths,
+            threads=threads,
+            drop_background=spec.upstream_classes == spec.num_classes + 1,
+            exact_hard_swish=exact_hard_swish,
         )
     if name == "onnx":
         from app.inference.onnx_backend import OnnxBackend

@@ -157,6 +157,7 @@ class ClassifierService:
                         requested=self.settings.backend,
                         device=self.settings.device,
                         threads=self.settings.threads,
+                        exact_hard_swish=self.settings.litert_exact_hard_swish,
                     ),
                 )
             except (WeightsError, ValueError, RuntimeError, OSError) as exc:
