@@ -73,6 +73,18 @@ def test_graph_check_rejects_a_rewrite_that_changes_scores(
     assert "differs from the stock graph" in caplog.text
 
 
+def test_a_failing_rewrite_falls_back_to_the_stock_graph(
+    v3_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(path: Path) -> None:
+        raise ImportError("no flatbuffer tools in this LiteRT")
+
+    monkeypatch.setattr(litert_hswish, "rewrite", broken)
+    with caplog.at_level(logging.WARNING, logger=litert_backend.__name__):
+        assert litert_backend.faster_graph(v3_path) == v3_path
+    assert "rewrite skipped" in caplog.text
+
+
 def test_graphs_without_hard_swish_are_left_alone(weights_dir: Path) -> None:
     paths = source_paths(weights_dir, SPECS_BY_NAME["v2-1.0-224"])
     assert paths is not None
