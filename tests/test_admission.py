@@ -73,6 +73,28 @@ def test_slow_answers_shrink_the_limit_at_most_by_half_a_window() -> None:
     assert g.limit() == 2
 
 
+def test_after_a_shrink_answers_admitted_before_it_do_not_shrink_it_again() -> None:
+    """They waited behind the old crowd; only requests admitted under the new limit can
+    show whether it is still too high (at most one cut per round trip, as in TCP)."""
+    g = gate()
+    old = [g.enter() for _ in range(16)]
+    assert set(old) == {0}
+    for epoch in old[:8]:
+        g.leave()
+        g.record(latency_s=3.0, epoch=epoch)
+    assert g.limit() == 8
+    for epoch in old[8:]:  # the rest of the old crowd, just as slow
+        g.leave()
+        g.record(latency_s=3.0, epoch=epoch)
+    assert g.limit() == 8
+    new = [g.enter() for _ in range(8)]
+    assert set(new) == {1}
+    for epoch in new[:4]:  # a window (half the limit, at least 4) of the new crowd
+        g.leave()
+        g.record(latency_s=3.0, epoch=epoch)
+    assert g.limit() == 4
+
+
 def test_one_slow_answer_in_a_window_does_not_shrink_it() -> None:
     """The decision takes the window's p90, not its worst answer."""
     g = gate()

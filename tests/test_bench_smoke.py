@@ -227,3 +227,34 @@ def test_rawload_counts_answers_and_survives_dropped_connections() -> None:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def test_throughput_counts_the_full_load_window_not_the_drain() -> None:
+    """Answers after the window closes (the drain) count for latency, not for req/s."""
+    from bench.loadgen import _summarise, _Tally
+
+    tally = _Tally(budget=3, deadline=100.0)
+    start = 10.0
+    tally.issued = 3
+    tally.latencies_ms = [100.0, 200.0, 900.0]
+    tally.ok_times = [10.5, 11.0, 12.0]  # the last one arrives during the drain
+    tally.closed_at = 11.0
+    result = _summarise(4, tally, start)
+    assert result.seconds == 1.0
+    assert result.rps == 2.0
+    assert result.ok == 3
+    assert result.max_ms == 900.0  # the slow drained answer still shows in latency
+
+
+def test_a_timed_window_closes_at_its_deadline_not_at_a_late_answer(monkeypatch) -> None:
+    import bench.loadgen as lg
+
+    tally = lg._Tally(budget=100, deadline=5.0)
+    monkeypatch.setattr(lg.time, "perf_counter", lambda: 4.0)
+    assert tally.take()
+    monkeypatch.setattr(lg.time, "perf_counter", lambda: 7.5)  # first answer after time's up
+    assert not tally.take()
+    assert tally.closed_at == 5.0
+    tally2 = lg._Tally(budget=1, deadline=50.0)
+    assert tally2.take() and not tally2.take()  # closed by the budget, at that moment
+    assert tally2.closed_at == 7.5

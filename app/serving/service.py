@@ -363,7 +363,7 @@ class ClassifierService:
             yield
             return
         try:
-            admission.enter()
+            epoch = admission.enter()
         except Overloaded:
             self.metrics.rejected.labels(target.name).inc()
             raise
@@ -376,7 +376,7 @@ class ClassifierService:
             admission.leave()
             self.metrics.in_flight.labels(target.name).dec()
             if answered:
-                admission.record(latency_s=time.monotonic() - start)
+                admission.record(latency_s=time.monotonic() - start, epoch=epoch)
                 self.metrics.admission_limit.labels(target.name).set(admission.limit())
 
     def _check_accepting(self) -> None:
