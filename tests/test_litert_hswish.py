@@ -36,7 +36,7 @@ def photos(images_dir: Path) -> np.ndarray:
 
 
 def _scores(model: Path | bytes, images: np.ndarray) -> np.ndarray:
-    return np.stack(litert_backend._raw_outputs(litert_backend._interpreter(model), images))
+    return litert_backend._Chain([model]).run(images)
 
 
 def test_rewritten_v3_scores_bit_for_bit_like_the_stock_graph(

@@ -44,7 +44,7 @@ class _Chain:
     """One interpreter per ``.tflite`` file (V1 1.0/224 ships as extractor + head)."""
 
     def __init__(self, models: list[Path | bytes], *, threads: int = 1) -> None:
-        self.interpreters = [_interpreter(model, threads=threads) for model in models]
+        self.interpreters = [interpreter(model, threads=threads) for model in models]
         self.lock = threading.Lock()
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -63,24 +63,16 @@ class _Chain:
         return (x.reshape(-1).astype(np.float32) - zero) * (scale or 1.0)
 
 
-def _interpreter(model: Path | bytes, *, threads: int = 1) -> Any:
-    from ai_edge_litert.interpreter import Interpreter
+def interpreter(model: Path | bytes, *, threads: int = 1, builtin: bool = False) -> Any:
+    """A ready interpreter for a ``.tflite`` file or graph bytes; ``builtin`` leaves out
+    the default XNNPACK delegate (TFLite's own kernels only)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    if isinstance(model, bytes):
-        it = Interpreter(model_content=model, num_threads=threads)
-    else:
-        it = Interpreter(model_path=str(model), num_threads=threads)
+    kind = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    it = Interpreter(**source, num_threads=threads, experimental_op_resolver_type=kind)
     it.allocate_tensors()
     return it
-
-
-def _raw_outputs(it: Any, images: np.ndarray) -> list[np.ndarray]:
-    out = []
-    for image in images:
-        it.set_tensor(it.get_input_details()[0]["index"], image[None])
-        it.invoke()
-        out.append(it.get_tensor(it.get_output_details()[0]["index"]).copy())
-    return out
 
 
 def faster_graph(path: Path) -> Path | bytes:
@@ -95,16 +87,12 @@ def faster_graph(path: Path) -> Path | bytes:
         return path
     if not report.replaced:
         return path
-    stock, fast = _interpreter(path), _interpreter(model)
-    shape = stock.get_input_details()[0]["shape"]
+    stock, fast = _Chain([path]), _Chain([model])
+    shape = stock.interpreters[0].get_input_details()[0]["shape"]
     images = np.random.default_rng(0).integers(
         0, 256, (SELF_CHECK_IMAGES, *shape[1:]), dtype=np.uint8
     )
-    same = all(
-        np.array_equal(a, b)
-        for a, b in zip(_raw_outputs(stock, images), _raw_outputs(fast, images), strict=True)
-    )
-    if not same:
+    if not np.array_equal(stock.run(images), fast.run(images)):
         log.warning("%s: rewritten hard-swish differs from the stock graph; not used", path.name)
         return path
     log.info(

@@ -48,15 +48,6 @@ def _schema() -> tuple[Any, Any]:
     return fb, fu
 
 
-def _interpreter(model: bytes, *, builtin: bool) -> Any:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kind = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
-    it = Interpreter(model_content=model, num_threads=1, experimental_op_resolver_type=kind)
-    it.allocate_tensors()
-    return it
-
-
 def _opcode(model: Any, code: int) -> int:
     """Index of builtin ``code`` in the model's operator codes, added if missing."""
     fb, _ = _schema()
@@ -67,6 +58,20 @@ def _opcode(model: Any, code: int) -> int:
         fb.OperatorCodeT(deprecatedBuiltinCode=min(code, 127), builtinCode=code, version=1)
     )
     return len(model.operatorCodes) - 1
+
+
+def _op(model: Any, code: int, inputs: list[int], outputs: list[int], options: Any = None) -> Any:
+    """One builtin operator; ``options`` is its ``XOptionsT`` where the op has one (the
+    schema's union tag ``BuiltinOptions.XOptions`` is named after it)."""
+    fb, _ = _schema()
+    kind = getattr(fb.BuiltinOptions, type(options).__name__[:-1]) if options else 0
+    return fb.OperatorT(
+        opcodeIndex=_opcode(model, code),
+        inputs=inputs,
+        outputs=outputs,
+        builtinOptionsType=kind,
+        builtinOptions=options,
+    )
 
 
 def _tensor(
@@ -97,23 +102,11 @@ def _chain(model: Any, sg: Any, tin: int, tout: int, c: float, d: float, tag: st
     kc = _tensor(model, sg, None, name=f"{tag}/c", data=_bytes(c), **scalar)
     kd = _tensor(model, sg, None, name=f"{tag}/d", data=_bytes(d), **scalar)
     return [
-        fb.OperatorT(opcodeIndex=_opcode(model, op.DEQUANTIZE), inputs=[tin], outputs=[a]),
-        fb.OperatorT(opcodeIndex=_opcode(model, op.HARD_SWISH), inputs=[a], outputs=[b]),
-        fb.OperatorT(
-            opcodeIndex=_opcode(model, op.MUL),
-            inputs=[b, kc],
-            outputs=[m],
-            builtinOptionsType=fb.BuiltinOptions.MulOptions,
-            builtinOptions=fb.MulOptionsT(),
-        ),
-        fb.OperatorT(
-            opcodeIndex=_opcode(model, op.ADD),
-            inputs=[m, kd],
-            outputs=[s],
-            builtinOptionsType=fb.BuiltinOptions.AddOptions,
-            builtinOptions=fb.AddOptionsT(),
-        ),
-        fb.OperatorT(opcodeIndex=_opcode(model, op.QUANTIZE), inputs=[s], outputs=[tout]),
+        _op(model, op.DEQUANTIZE, [tin], [a]),
+        _op(model, op.HARD_SWISH, [a], [b]),
+        _op(model, op.MUL, [b, kc], [m], fb.MulOptionsT()),
+        _op(model, op.ADD, [m, kd], [s], fb.AddOptionsT()),
+        _op(model, op.QUANTIZE, [s], [tout]),
     ]
 
 
@@ -135,12 +128,13 @@ def _probe(tin: Any, tout: Any, *, chain: tuple[float, float] | None) -> np.ndar
     o = _tensor(model, sg, tout, name="out", **shape)
     sg.inputs, sg.outputs = [i], [o]
     if chain is None:
-        code = _opcode(model, fb.BuiltinOperator.HARD_SWISH)
-        sg.operators = [fb.OperatorT(opcodeIndex=code, inputs=[i], outputs=[o])]
+        sg.operators = [_op(model, fb.BuiltinOperator.HARD_SWISH, [i], [o])]
     else:
         sg.operators = _chain(model, sg, i, o, *chain, tag="probe")
     model.subgraphs = [sg]
-    it = _interpreter(bytes(fu.convert_object_to_bytearray(model)), builtin=chain is None)
+    from app.inference.litert_backend import interpreter
+
+    it = interpreter(bytes(fu.convert_object_to_bytearray(model)), builtin=chain is None)
     it.set_tensor(it.get_input_details()[0]["index"], np.arange(256, dtype=np.uint8)[None])
     it.invoke()
     return it.get_tensor(it.get_output_details()[0]["index"]).reshape(-1).copy()
@@ -176,17 +170,15 @@ def rewrite(path: Path) -> tuple[bytes, RewriteReport]:
     machine replaced by its float chain; the others keep the original kernel."""
     fb, fu = _schema()
     model = fu.read_model(str(path))
-    hswish = _opcode(model, fb.BuiltinOperator.HARD_SWISH)
+    hswish, uint8 = _opcode(model, fb.BuiltinOperator.HARD_SWISH), fb.TensorType.UINT8
     found = replaced = 0
     for sg in model.subgraphs:
         ops: list[Any] = []
         for op in sg.operators:
-            tin, tout = (
-                (sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]) if op.inputs else (None, None)
-            )
-            if op.opcodeIndex != hswish or tin is None or tin.type != fb.TensorType.UINT8:
+            if op.opcodeIndex != hswish or sg.tensors[op.inputs[0]].type != uint8:
                 ops.append(op)
                 continue
+            tin, tout = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
             found += 1
             reference = _probe(tin, tout, chain=None)
             exact = next(
