@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Threads decoding and preprocessing uploads (default as for threads).",
     )
+    gil_switch_interval_ms: float = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description="How long a thread may hold the GIL while another waits for it "
+        "(Python's default is 5). A decode or inference thread back from C code then "
+        "waits less for the event loop to let go, so fewer cores sit idle.",
+    )
 
     # --- batching ---
     max_batch_size: int = Field(16, ge=1, le=512, description="Largest batch the worker runs.")

@@ -859,3 +859,22 @@ def test_tampered_tflite_source_is_not_offered_auto_backend(
     copy = _tampered_copy(weights_dir, tmp_path / "w", f"sources/{spec.sources[0].filename}", n=4)
     client = make_client(weights_dir=copy, variants=["v1-0.25-128", "v1-0.5-160"])
     _assert_not_offered(client, cat, bad="v1-0.5-160", good="v1-0.25-128")
+
+
+def test_serving_shortens_the_gil_switch_interval_and_restores_it(weights_dir: Path) -> None:
+    """The interval is process-wide: set for the app's lifetime, put back at shutdown."""
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+
+    before = sys.getswitchinterval()
+    settings = Settings(
+        weights_dir=weights_dir, variants=["v1-0.25-128"], gil_switch_interval_ms=0.7
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert sys.getswitchinterval() == pytest.approx(0.0007)
+    assert sys.getswitchinterval() == pytest.approx(before)
+    assert Settings().gil_switch_interval_ms == 0.5

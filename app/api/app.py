@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "with `mobilenet-serve weights fetch` (add MOBILENET_WEIGHTS_MIRROR=DIR to copy "
                 "them from a local mirror) or `make weights`, then start again."
             )
+        # Process-wide, so set while serving and restored after (tests build many apps).
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         loading = asyncio.create_task(_load(service))
         app.state.loading = loading
         try:
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not loading.done():
                 loading.cancel()
             await service.close()
+            sys.setswitchinterval(switch_interval)
 
     app = FastAPI(
         title="MobileNet classification service",
