@@ -99,3 +99,18 @@ def test_multi_worker_serve_tells_the_workers_how_many_share_the_cpus(
     server.run(Settings(workers=4))
     assert seen["workers"] == 4 and seen["factory"] is True
     assert (seen["env"].workers, seen["env"].threads) == (4, 4)
+
+
+def test_every_setting_is_documented_in_the_readme_table() -> None:
+    """A setting a user cannot find is one they cannot use: each has a README row."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    prefix = Settings.model_config["env_prefix"]
+    rows = {
+        line.split("|")[1].strip(" `") for line in readme.splitlines() if line.startswith("| `")
+    }
+    undocumented = [
+        (prefix + name).upper()
+        for name in Settings.model_fields
+        if (prefix + name).upper() not in rows
+    ]
+    assert not undocumented, f"add these to the README's settings table: {undocumented}"
