@@ -81,6 +81,7 @@ class LoadResult:
     mean_ms: float
     max_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    warmup_sent: int = 0  # requests of the warm-up before the window (for CPU per request)
 
     @property
     def error_count(self) -> int:
@@ -195,7 +196,9 @@ async def _phase(
     return tally, start
 
 
-def _summarise(concurrency: int, tally: _Tally, start: float) -> LoadResult:
+def _summarise(
+    concurrency: int, tally: _Tally, start: float, *, warmup_sent: int = 0
+) -> LoadResult:
     """Throughput over the full-load window (see the module docstring), latency over all."""
     lat = sorted(tally.latencies_ms)
     end = tally.closed_at if tally.closed_at is not None else time.perf_counter()
@@ -213,6 +216,7 @@ def _summarise(concurrency: int, tally: _Tally, start: float) -> LoadResult:
         mean_ms=sum(lat) / len(lat) if lat else math.nan,
         max_ms=lat[-1] if lat else math.nan,
         errors=dict(tally.errors),
+        warmup_sent=warmup_sent,
     )
 
 
@@ -233,9 +237,10 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     payload, ctype = encode_multipart(spec.body, spec.content_type, spec.filename)
     headers = {"Content-Type": ctype}
     clients = [_client(spec) for _ in range(spec.concurrency)]
+    warmup_sent = 0
     try:
         if spec.warmup:
-            await _phase(
+            warm, _ = await _phase(
                 clients,
                 spec.url,
                 payload,
@@ -243,6 +248,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
                 budget=spec.warmup,
                 max_seconds=spec.warmup_seconds,
             )
+            warmup_sent = warm.issued
         tally, start = await _phase(
             clients,
             spec.url,
@@ -253,7 +259,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         )
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    return _summarise(spec.concurrency, tally, start)
+    return _summarise(spec.concurrency, tally, start, warmup_sent=warmup_sent)
 
 
 def run_load_sync(spec: LoadSpec) -> LoadResult:

@@ -16,7 +16,9 @@ compares numbers taken on the same machine minutes apart. Results go to
 Servers: ``ours`` (``mobilenet-serve serve``, default settings: on CPU that is the int8
 LiteRT model), ``ours-torch`` (the same with ``MOBILENET_BACKEND=torch``, the like-for-like
 comparison with the torch peers), ``naive``, ``litserve``, ``torchserve`` (needs
-``pip install torchserve`` and Java 17; see bench/peers/torchserve_note.md).
+``pip install torchserve`` and Java 17; see bench/peers/torchserve_note.md). Every run
+also drives ``null-http`` (a server that does no work) on each input, so the report shows
+what HTTP and the load generator cost on these cores next to the no-HTTP limits.
 """
 
 from __future__ import annotations
@@ -203,6 +205,9 @@ def server_defs(ours_env: dict[str, str]) -> dict[str, ServerDef]:
         "litserve": ServerDef(
             "litserve", _peer("bench.peers.litserve_peer"), _no_env, "/health", lambda v: "/predict"
         ),
+        "null-http": ServerDef(
+            "null-http", _peer("bench.peers.null_http"), _no_env, "/health", lambda v: "/predict"
+        ),
         "torchserve": ServerDef(
             "torchserve",
             _peer("bench.peers.torchserve_peer"),
@@ -378,6 +383,10 @@ class Row:
     sent: int
     ok: int
     seconds: float
+    # CPU seconds per request (warm-up, window and drain; every answer counts, 503s too):
+    # the server's process tree, and this process, which is the load generator.
+    server_cpu_ms: float = math.nan
+    client_cpu_ms: float = math.nan
 
     @property
     def error_count(self) -> int:
@@ -395,6 +404,31 @@ class ServerRun:
     startup_s: float = math.nan
     rows: list[Row] = field(default_factory=list)
     failure: str | None = None
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants so far."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def measure_cell(server: Running, inp: Input, spec: LoadSpec) -> Row:
+    """One load run, with the CPU that the server and the load generator spent on it."""
+    server0, client0 = cpu_s(server.proc.pid), time.process_time()
+    result = run_load_sync(spec)
+    server_s, client_s = cpu_s(server.proc.pid) - server0, time.process_time() - client0
+    n = max(1, result.warmup_sent + result.sent)
+    return replace(
+        _row(server, inp, result),
+        server_cpu_ms=server_s / n * 1e3,
+        client_cpu_ms=client_s / n * 1e3,
+    )
 
 
 def _row(server: Running, inp: Input, result: LoadResult) -> Row:
@@ -434,7 +468,7 @@ def drive(
                 max_seconds=counts.max_seconds,
                 timeout_s=counts.timeout_s,
             )
-            row = _row(server, inp, run_load_sync(spec))
+            row = measure_cell(server, inp, spec)
             rows.append(row)
             print("  " + format_row(row), flush=True)
     return rows
@@ -536,7 +570,12 @@ ROW_HEADERS = [
     "p99 ms",
     "errors",
     "RSS MB",
+    "srv CPU ms/req",
+    "client CPU ms/req",
 ]
+
+
+ROW_WIDTHS = [11, 17, 6, 4, 8, 8, 8, 8, 10, 7, 14, 17]
 
 
 def row_cells(r: Row) -> list[str]:
@@ -551,11 +590,13 @@ def row_cells(r: Row) -> list[str]:
         _fmt(r.p99_ms),
         _errors_text(r.errors),
         _fmt(r.rss_mb, 0),
+        _fmt(r.server_cpu_ms, 2),
+        _fmt(r.client_cpu_ms, 2),
     ]
 
 
 def format_row(r: Row) -> str:
-    widths = [11, 17, 6, 4, 8, 8, 8, 8, 10, 7]
+    widths = ROW_WIDTHS
     return " ".join(
         c.rjust(w) if i > 2 else c.ljust(w)
         for i, (c, w) in enumerate(zip(row_cells(r), widths, strict=True))
@@ -593,8 +634,22 @@ def ratio_rows(rows: list[Row], peers: list[str]) -> list[list[str]]:
     return out
 
 
-def limit_rows(rows: list[Row], pipeline: list[dict[str, Any]]) -> list[list[str]]:
-    """Ours at its best concurrency vs the in-process pipeline limit of the same input."""
+def http_ceiling(limit_img_s: float, http: Row | None, *, cores: int) -> float:
+    """The most an HTTP server could answer here: the pipeline's CPU per image (all cores
+    busy at the limit) plus what one request costs the null server and the load generator,
+    which share the same cores."""
+    if http is None or not limit_img_s or math.isnan(http.server_cpu_ms + http.client_cpu_ms):
+        return math.nan
+    per_request_ms = cores * 1000 / limit_img_s + http.server_cpu_ms + http.client_cpu_ms
+    return cores * 1000 / per_request_ms
+
+
+def limit_rows(
+    rows: list[Row], pipeline: list[dict[str, Any]], http: list[Row] | None = None
+) -> list[list[str]]:
+    """Ours at its best concurrency vs the in-process pipeline limit of the same input, and
+    vs that limit once HTTP's own cost (the null server's cell of that input) is added."""
+    null = {r.input: r for r in http or []}
     out = []
     for p in pipeline:
         mine = [
@@ -605,6 +660,7 @@ def limit_rows(rows: list[Row], pipeline: list[dict[str, Any]]) -> list[list[str
         if not mine:
             continue
         best = max(mine, key=lambda r: r.rps)
+        ceiling = http_ceiling(p["img_s"], null.get(p["input"]), cores=limits_mod.cores())
         out.append(
             [
                 p["variant"],
@@ -613,6 +669,8 @@ def limit_rows(rows: list[Row], pipeline: list[dict[str, Any]]) -> list[list[str
                 _fmt(p["img_s"]),
                 f"{_fmt(best.rps)} (c={best.concurrency})",
                 _fmt(best.rps / p["img_s"] if p["img_s"] else math.nan, 2),
+                _fmt(ceiling),
+                _fmt(best.rps / ceiling if ceiling else math.nan, 2),
             ]
         )
     return out
@@ -736,6 +794,7 @@ GPU_SUMMARY = Path(__file__).resolve().parent / "gpu_results_h100" / "summary.md
 
 def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> str:
     peers = [s for s in report["servers"] if s not in OURS]
+    http = [Row(**r) for r in report.get("http_alone", [])]
     memory = md_table(
         ["server", "variant", "start-up s", "RSS ready MB", "RSS after load MB", "failure"],
         [
@@ -793,12 +852,31 @@ def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> st
         ),
         "",
         "Ours at its best concurrency against the no-HTTP pipeline limit (1.0 = HTTP, "
-        "batching and queueing cost nothing):",
+        "batching and queueing cost nothing), and against the HTTP ceiling: that limit with "
+        "the CPU one request costs the null server and the load generator (below) added, "
+        "since they share the cores: the most any HTTP server could answer here with this "
+        "client.",
         "",
         md_table(
-            ["variant", "input", "pipeline", "limit img/s", "ours req/s", "ours / limit"],
-            limit_rows(rows, report["limits"].get("pipeline", [])),
+            [
+                "variant",
+                "input",
+                "pipeline",
+                "limit img/s",
+                "ours req/s",
+                "ours / limit",
+                "HTTP ceiling req/s",
+                "ours / ceiling",
+            ],
+            limit_rows(rows, report["limits"].get("pipeline", []), http),
         ),
+        "",
+        "### HTTP alone (same run)",
+        "",
+        "`null-http` (`bench/peers/null_http.py`): raw ASGI on the same uvicorn stack as "
+        "ours, reads the upload, answers a fixed JSON; no framework, decode or model.",
+        "",
+        md_table(ROW_HEADERS, [row_cells(r) for r in http]) if http else "(not measured)",
         "",
         "## Limits (no HTTP, same run)",
         "",
@@ -925,6 +1003,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for v in variants
         for s in servers
     ]
+    # What HTTP alone costs with this client: the null server at the busiest concurrency
+    # up to 16 (the issue's reference point), on every input.
+    null_c = max(c for c in concurrencies if c <= 16) if min(concurrencies) <= 16 else 16
+    null = bench_server(defs["null-http"], "none", weights, inputs, [null_c], counts, log_dir)
     lim: dict[str, list[dict[str, Any]]] = {}
     if not args.no_limits:
         raw = {k: v.data for k, v in inputs.items()}
@@ -943,6 +1025,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "inputs": {k: v.describe() for k, v in inputs.items()},
         "server_runs": [asdict(r) for r in runs],
         "rows": [asdict(row) for r in runs for row in r.rows],
+        "http_alone": [asdict(row) for row in null.rows],
         "limits": lim,
     }
 
@@ -952,9 +1035,7 @@ def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
     print(
         " ".join(
             h.rjust(w) if i > 2 else h.ljust(w)
-            for i, (h, w) in enumerate(
-                zip(ROW_HEADERS, [11, 17, 6, 4, 8, 8, 8, 8, 10, 7], strict=True)
-            )
+            for i, (h, w) in enumerate(zip(ROW_HEADERS, ROW_WIDTHS, strict=True))
         )
     )
     for r in rows:
@@ -968,10 +1049,13 @@ def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
                 f"{cells[0]:24s} {cells[1]:17s} {cells[2]:6s} {cells[3]:>4s} "
                 f"{cells[4]:>8s} {cells[5]:>6s}"
             )
-    for cells in limit_rows(rows, report["limits"].get("pipeline", [])):
+    http = [Row(**r) for r in report.get("http_alone", [])]
+    for r in http:
+        print(format_row(r))
+    for cells in limit_rows(rows, report["limits"].get("pipeline", []), http):
         print(
             f"ours vs pipeline limit {cells[0]} {cells[1]}: limit {cells[3]} img/s, "
-            f"ours {cells[4]} req/s -> {cells[5]}"
+            f"ours {cells[4]} req/s -> {cells[5]}; HTTP ceiling {cells[6]} req/s -> {cells[7]}"
         )
     for s in report["server_runs"]:
         if s["failure"]:

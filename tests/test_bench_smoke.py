@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,6 +92,11 @@ def test_quick_bench_runs_end_to_end(weights_dir: Path, images_dir: Path, tmp_pa
     assert row["ok"] == row["sent"] > 0
     assert row["rps"] > 0 and row["p50_ms"] <= row["p99_ms"]
     assert row["rss_mb"] > 0
+    assert row["server_cpu_ms"] > 0 and row["client_cpu_ms"] > 0
+    (null,) = report["http_alone"]  # the no-work server, same input and concurrency
+    assert (null["server"], null["input"], null["concurrency"]) == ("null-http", "small", 2)
+    assert null["errors"] == {} and null["ok"] == null["sent"] > 0
+    assert "null-http" in stdout
     assert all(not s["failure"] for s in report["server_runs"])
     assert {"forward", "decode", "pipeline"} <= report["limits"].keys()
     assert report["limits"]["pipeline"], "the in-process pipeline limit was not measured"
@@ -258,3 +264,13 @@ def test_a_timed_window_closes_at_its_deadline_not_at_a_late_answer(monkeypatch)
     tally2 = lg._Tally(budget=1, deadline=50.0)
     assert tally2.take() and not tally2.take()  # closed by the budget, at that moment
     assert tally2.closed_at == 7.5
+
+
+def test_http_ceiling_adds_the_cost_of_a_request_to_the_pipeline_limit() -> None:
+    from bench.run import Row, http_ceiling
+
+    null = Row("null-http", "none", "720p", 16, 700.0, 20, 25, 30, {}, 30, 1000, 1000, 4.0)
+    null.server_cpu_ms, null.client_cpu_ms = 0.5, 1.0
+    # 2 cores at 200 img/s: 10 ms of CPU per image, + 1.5 ms of HTTP -> 2000 / 11.5
+    assert http_ceiling(200.0, null, cores=2) == pytest.approx(2000 / 11.5)
+    assert math.isnan(http_ceiling(200.0, None, cores=2))
