@@ -831,9 +831,11 @@ def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> st
         "503s held until their Retry-After) is not counted, for every server alike. Latency "
         "is client-side, over every successful measured request. The client "
         "runs on the same CPUs as the server, so on a small machine it takes a share of them "
-        "from every server alike. RSS sums the server process and all its children: shared "
-        "pages count once in every process, so multi-process servers (LitServe, TorchServe) "
-        "look bigger than their real footprint.",
+        "from every server alike. CPU ms/req: user + system CPU of the server's processes, and "
+        "of the load generator, over the whole cell (warm-up, window and drain) divided by "
+        "every request sent in it, 503s included. RSS sums the server process and all its "
+        "children: shared pages count once in every process, so multi-process servers "
+        "(LitServe, TorchServe) look bigger than their real footprint.",
         "",
         "Inputs: " + "; ".join(f"`{k}` = {v}" for k, v in report["inputs"].items()) + ".",
         "",
