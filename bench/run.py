@@ -225,18 +225,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (multi-process servers)."""
+def _tree_sum(pid: int, measure: Callable[[psutil.Process], float]) -> float:
+    """``measure`` summed over a process and all its descendants (multi-process servers);
+    NaN once the process is gone."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return math.nan
-    total = 0
+    total = 0.0
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += p.memory_info().rss
-    return total / 2**20
+            total += measure(p)
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a server, all its processes."""
+    return _tree_sum(pid, lambda p: p.memory_info().rss) / 2**20
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a server has used so far, all its processes."""
+    return _tree_sum(pid, lambda p: sum(p.cpu_times()[:2]))
 
 
 @dataclass
@@ -404,18 +415,6 @@ class ServerRun:
     startup_s: float = math.nan
     rows: list[Row] = field(default_factory=list)
     failure: str | None = None
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants so far."""
-    total = 0.0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(pid)
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                t = p.cpu_times()
-                total += t.user + t.system
-    return total
 
 
 def measure_cell(server: Running, inp: Input, spec: LoadSpec) -> Row:
@@ -595,12 +594,16 @@ def row_cells(r: Row) -> list[str]:
     ]
 
 
-def format_row(r: Row) -> str:
-    widths = ROW_WIDTHS
+def _line(cells: list[str]) -> str:
+    """One fixed-width console line: the first three columns left-aligned, numbers right."""
     return " ".join(
         c.rjust(w) if i > 2 else c.ljust(w)
-        for i, (c, w) in enumerate(zip(row_cells(r), widths, strict=True))
+        for i, (c, w) in enumerate(zip(cells, ROW_WIDTHS, strict=True))
     )
+
+
+def format_row(r: Row) -> str:
+    return _line(row_cells(r))
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -1005,12 +1008,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for v in variants
         for s in servers
     ]
-    # What HTTP alone costs with this client: the null server at the busiest concurrency
-    # up to 16 (the issue's reference point), on every input.
-    null_c = max(c for c in concurrencies if c <= 16) if min(concurrencies) <= 16 else 16
-    null = bench_server(defs["null-http"], "none", weights, inputs, [null_c], counts, log_dir)
     lim: dict[str, list[dict[str, Any]]] = {}
+    http_alone: list[Row] = []
     if not args.no_limits:
+        # What HTTP alone costs with this client, for the HTTP ceiling: the null server at
+        # the busiest concurrency up to 16 (the issue's reference point), on every input.
+        null_c = max((c for c in concurrencies if c <= 16), default=16)
+        null = bench_server(defs["null-http"], "none", weights, inputs, [null_c], counts, log_dir)
+        http_alone = null.rows
         raw = {k: v.data for k, v in inputs.items()}
         lim = limits_mod.measure(variants, weights, raw, quick=args.quick)
     return {
@@ -1027,19 +1032,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "inputs": {k: v.describe() for k, v in inputs.items()},
         "server_runs": [asdict(r) for r in runs],
         "rows": [asdict(row) for r in runs for row in r.rows],
-        "http_alone": [asdict(row) for row in null.rows],
+        "http_alone": [asdict(row) for row in http_alone],
         "limits": lim,
     }
 
 
 def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
     print()
-    print(
-        " ".join(
-            h.rjust(w) if i > 2 else h.ljust(w)
-            for i, (h, w) in enumerate(zip(ROW_HEADERS, ROW_WIDTHS, strict=True))
-        )
-    )
+    print(_line(ROW_HEADERS))
     for r in rows:
         print(format_row(r))
     peers = [s for s in report["servers"] if s not in OURS]
