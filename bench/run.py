@@ -18,7 +18,9 @@ LiteRT model), ``ours-torch`` (the same with ``MOBILENET_BACKEND=torch``, the li
 comparison with the torch peers), ``naive``, ``litserve``, ``torchserve`` (needs
 ``pip install torchserve`` and Java 17; see bench/peers/torchserve_note.md). Every run
 also drives ``null-http`` (a server that does no work) on each input, so the report shows
-what HTTP and the load generator cost on these cores next to the no-HTTP limits.
+what HTTP and the load generator cost on these cores next to the no-HTTP limits. The
+headline cell (v3-small, 720p, concurrency 16: ours against LitServe) is then measured
+``--repeats`` more times per server, alternating, and reported as medians.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import platform
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -61,6 +64,10 @@ DEFAULT_SERVERS = ("ours", "ours-onnx", "naive", "litserve")
 DEFAULT_CONCURRENCY = (1, 16, 64)
 DEFAULT_INPUTS = ("720p", "small", "png")
 OURS = ("ours", "ours-torch", "ours-onnx")
+# The issue's reference cell, measured again after the grid (see ``headline_repeats``).
+HEADLINE = ("v3-small-1.0-224", "720p", 16)
+HEADLINE_PEER = "litserve"
+DEFAULT_REPEATS = 2
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
 
@@ -500,6 +507,81 @@ def bench_server(
     return run
 
 
+def headline_repeats(
+    defs: dict[str, ServerDef],
+    weights: Path,
+    inp: Input,
+    counts: Counts,
+    log_dir: Path,
+    *,
+    rounds: int,
+) -> list[Row]:
+    """The headline cell again, ours and the peer each restarted for every round, in the
+    order peer, ours, ours, peer, ...: this machine drifts by tens of per cent within
+    minutes, so one cell per server, minutes apart, can flatter either side."""
+    variant, _, conc = HEADLINE
+    rows: list[Row] = []
+    for r in range(rounds):
+        order = [HEADLINE_PEER, "ours"] if r % 2 == 0 else ["ours", HEADLINE_PEER]
+        for name in order:
+            run = bench_server(
+                defs[name], variant, weights, {inp.name: inp}, [conc], counts, log_dir / f"r{r}"
+            )
+            rows.extend(run.rows)
+    return rows
+
+
+def headline_stats(rows: list[Row], repeats: list[Row]) -> dict[str, Any] | None:
+    """Every measurement of the headline cell per server (the grid's first), their medians,
+    and ours / peer of the medians; None unless both servers were measured."""
+    cell = [r for r in rows + repeats if (r.variant, r.input, r.concurrency) == HEADLINE]
+    per: dict[str, dict[str, list[float]]] = {}
+    for r in cell:
+        if r.server in ("ours", HEADLINE_PEER) and r.ok:
+            got = per.setdefault(r.server, {"rps": [], "p99_ms": []})
+            got["rps"].append(r.rps)
+            got["p99_ms"].append(r.p99_ms)
+    if len(per) < 2:
+        return None
+    med = {s: {k: statistics.median(v) for k, v in d.items()} for s, d in per.items()}
+    ours, peer = med["ours"], med[HEADLINE_PEER]
+    return {
+        "cell": list(HEADLINE),
+        "peer": HEADLINE_PEER,
+        "measured": per,
+        "median": med,
+        "rps_ratio": ours["rps"] / peer["rps"] if peer["rps"] else math.nan,
+        "p99_ratio": ours["p99_ms"] / peer["p99_ms"] if peer["p99_ms"] else math.nan,
+    }
+
+
+def headline_markdown(h: dict[str, Any]) -> str:
+    variant, inp, conc = h["cell"]
+    table = md_table(
+        ["server", "req/s, in order", "median req/s", "p99 ms, in order", "median p99 ms"],
+        [
+            [
+                server,
+                ", ".join(_fmt(x) for x in got["rps"]),
+                _fmt(h["median"][server]["rps"]),
+                ", ".join(_fmt(x, 0) for x in got["p99_ms"]),
+                _fmt(h["median"][server]["p99_ms"], 0),
+            ]
+            for server, got in h["measured"].items()
+        ],
+    )
+    n = min(len(got["rps"]) for got in h["measured"].values())
+    return (
+        f"The headline cell ({variant}, {inp}, concurrency {conc}) measured {n} times per "
+        f"server: the grid above, then each server restarted and measured again, "
+        f"alternating ({h['peer']}, ours, ours, {h['peer']}, ...) so that drift weighs on "
+        "both alike.\n\n"
+        + table
+        + f"\n\nMedians, ours / {h['peer']}: **req/s x{_fmt(h['rps_ratio'], 2)}**, "
+        f"**p99 x{_fmt(h['p99_ratio'], 2)}**."
+    )
+
+
 def rss_soak(
     defn: ServerDef,
     variant: str,
@@ -798,6 +880,7 @@ GPU_SUMMARY = Path(__file__).resolve().parent / "gpu_results_h100" / "summary.md
 def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> str:
     peers = [s for s in report["servers"] if s not in OURS]
     http = [Row(**r) for r in report.get("http_alone", [])]
+    headline = headline_stats(rows, [Row(**r) for r in report.get("headline_repeats", [])])
     memory = md_table(
         ["server", "variant", "start-up s", "RSS ready MB", "RSS after load MB", "failure"],
         [
@@ -856,6 +939,11 @@ def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> st
             ratio_rows(rows, peers),
         ),
         "",
+        *(
+            ["### The headline cell, repeated", "", headline_markdown(headline), ""]
+            if headline
+            else []
+        ),
         "Ours at its best concurrency against the no-HTTP pipeline limit (1.0 = HTTP, "
         "batching and queueing cost nothing), and against the HTTP ceiling: that limit with "
         "the CPU one request costs the null server and the load generator (below) added, "
@@ -931,6 +1019,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, help="request cap per cell (default 5000)")
     p.add_argument("--max-seconds", type=float, help="measured window per cell (default 4)")
     p.add_argument("--no-limits", action="store_true", help="skip the no-HTTP limits")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help=f"extra rounds of the headline cell {HEADLINE} for ours and {HEADLINE_PEER}, "
+        f"each server restarted (default {DEFAULT_REPEATS}, 0 with --quick)",
+    )
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument(
@@ -1008,6 +1102,20 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for v in variants
         for s in servers
     ]
+    repeats: list[Row] = []
+    rounds = args.repeats if args.repeats is not None else (0 if args.quick else DEFAULT_REPEATS)
+    variant, input_name, conc = HEADLINE
+    if (
+        rounds > 0
+        and {"ours", HEADLINE_PEER} <= set(servers)
+        and variant in variants
+        and input_name in inputs
+        and conc in concurrencies
+    ):
+        print(f"headline cell again: {rounds} round(s) of {HEADLINE_PEER} and ours", flush=True)
+        repeats = headline_repeats(
+            defs, weights, inputs[input_name], counts, log_dir / "repeats", rounds=rounds
+        )
     lim: dict[str, list[dict[str, Any]]] = {}
     http_alone: list[Row] = []
     if not args.no_limits:
@@ -1032,6 +1140,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "inputs": {k: v.describe() for k, v in inputs.items()},
         "server_runs": [asdict(r) for r in runs],
         "rows": [asdict(row) for r in runs for row in r.rows],
+        "headline_repeats": [asdict(row) for row in repeats],
         "http_alone": [asdict(row) for row in http_alone],
         "limits": lim,
     }
@@ -1051,6 +1160,18 @@ def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
                 f"{cells[0]:24s} {cells[1]:17s} {cells[2]:6s} {cells[3]:>4s} "
                 f"{cells[4]:>8s} {cells[5]:>6s}"
             )
+    repeats = [Row(**r) for r in report.get("headline_repeats", [])]
+    for r in repeats:
+        print(format_row(r))
+    if (h := headline_stats(rows, repeats)) is not None:
+        measured = "; ".join(
+            f"{s} " + ", ".join(_fmt(x) for x in d["rps"]) for s, d in h["measured"].items()
+        )
+        rps_x, p99_x = _fmt(h["rps_ratio"], 2), _fmt(h["p99_ratio"], 2)
+        print(
+            f"headline {' '.join(map(str, h['cell']))} req/s: {measured}; "
+            f"medians ours / {h['peer']}: req/s x{rps_x}, p99 x{p99_x}"
+        )
     http = [Row(**r) for r in report.get("http_alone", [])]
     for r in http:
         print(format_row(r))

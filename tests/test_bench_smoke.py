@@ -274,3 +274,55 @@ def test_http_ceiling_adds_the_cost_of_a_request_to_the_pipeline_limit() -> None
     # 2 cores at 200 img/s: 10 ms of CPU per image, + 1.5 ms of HTTP -> 2000 / 11.5
     assert http_ceiling(200.0, null, cores=2) == pytest.approx(2000 / 11.5)
     assert math.isnan(http_ceiling(200.0, None, cores=2))
+
+
+def _cell(server: str, rps: float, p99: float, *, conc: int = 16, inp: str = "720p"):
+    from bench.run import Row
+
+    return Row(server, "v3-small-1.0-224", inp, conc, rps, 50, 80, p99, {}, 700, 500, 500, 4.0)
+
+
+def test_headline_repeats_alternate_and_restart_each_server(monkeypatch, tmp_path: Path) -> None:
+    import bench.run as br
+
+    started: list[str] = []
+
+    def fake_bench_server(defn, variant, weights, inputs, concurrencies, counts, log_dir):
+        started.append(defn.name)
+        assert (variant, list(inputs), concurrencies) == ("v3-small-1.0-224", ["720p"], [16])
+        run = br.ServerRun(defn.name, variant)
+        run.rows = [_cell(defn.name, 100.0, 200.0)]
+        return run
+
+    monkeypatch.setattr(br, "bench_server", fake_bench_server)
+    inp = br.Input("720p", b"x", "image/jpeg", "a.jpg", (1280, 720))
+    rows = br.headline_repeats(br.server_defs({}), tmp_path, inp, br.QUICK, tmp_path, rounds=3)
+    # peer first in round 0, so each server's runs spread evenly over the time taken
+    assert started == ["litserve", "ours", "ours", "litserve", "litserve", "ours"]
+    assert [r.server for r in rows] == started
+
+
+def test_headline_stats_take_medians_over_the_grid_and_the_repeats() -> None:
+    from bench.run import headline_markdown, headline_stats
+
+    grid = [
+        _cell("ours", 150.0, 150.0),
+        _cell("ours", 70.0, 10.0, conc=1),  # other cells do not count
+        _cell("litserve", 100.0, 280.0),
+        _cell("naive", 40.0, 900.0),
+    ]
+    repeats = [
+        _cell("litserve", 80.0, 300.0),
+        _cell("ours", 170.0, 140.0),
+        _cell("ours", 120.0, 160.0),
+        _cell("litserve", 90.0, 250.0),
+    ]
+    h = headline_stats(grid, repeats)
+    assert h is not None
+    assert h["measured"]["ours"]["rps"] == [150.0, 170.0, 120.0]
+    assert h["median"]["ours"]["rps"] == 150.0 and h["median"]["litserve"]["rps"] == 90.0
+    assert h["rps_ratio"] == pytest.approx(150 / 90)
+    assert h["p99_ratio"] == pytest.approx(150 / 280)
+    text = headline_markdown(h)
+    assert "x1.67" in text and "x0.54" in text and "3 times" in text
+    assert headline_stats(grid[:2], []) is None  # no peer measured: nothing to compare
