@@ -632,6 +632,11 @@ def rss_soak(
 
 
 # ------------------------------------------------------------------------------ report
+def report_rows(report: dict[str, Any], key: str) -> list[Row]:
+    """A list of rows of the JSON report as ``Row`` objects (absent in older reports: [])."""
+    return [Row(**r) for r in report.get(key, [])]
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -879,8 +884,8 @@ GPU_SUMMARY = Path(__file__).resolve().parent / "gpu_results_h100" / "summary.md
 
 def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> str:
     peers = [s for s in report["servers"] if s not in OURS]
-    http = [Row(**r) for r in report.get("http_alone", [])]
-    headline = headline_stats(rows, [Row(**r) for r in report.get("headline_repeats", [])])
+    http = report_rows(report, "http_alone")
+    headline = headline_stats(rows, report_rows(report, "headline_repeats"))
     memory = md_table(
         ["server", "variant", "start-up s", "RSS ready MB", "RSS after load MB", "failure"],
         [
@@ -1160,7 +1165,7 @@ def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
                 f"{cells[0]:24s} {cells[1]:17s} {cells[2]:6s} {cells[3]:>4s} "
                 f"{cells[4]:>8s} {cells[5]:>6s}"
             )
-    repeats = [Row(**r) for r in report.get("headline_repeats", [])]
+    repeats = report_rows(report, "headline_repeats")
     for r in repeats:
         print(format_row(r))
     if (h := headline_stats(rows, repeats)) is not None:
@@ -1172,7 +1177,7 @@ def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
             f"headline {' '.join(map(str, h['cell']))} req/s: {measured}; "
             f"medians ours / {h['peer']}: req/s x{rps_x}, p99 x{p99_x}"
         )
-    http = [Row(**r) for r in report.get("http_alone", [])]
+    http = report_rows(report, "http_alone")
     for r in http:
         print(format_row(r))
     for cells in limit_rows(rows, report["limits"].get("pipeline", []), http):
@@ -1201,7 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
         return soak_main(args)
     report = run_benchmark(args)
     report["command"] = command
-    rows = [Row(**r) for r in report["rows"]]
+    rows = report_rows(report, "rows")
     out = args.results_dir / f"bench-{report['stamp']}.json"
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_summary(report, rows)
