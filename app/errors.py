@@ -76,6 +76,19 @@ class Overloaded(ServiceError):
         self.retry_after = retry_after
 
 
+class TooManyUploads(Overloaded):
+    """This client address already has as many uploads in progress as it may."""
+
+    code = "too_many_uploads"
+
+
+class UploadTooSlow(ServiceError):
+    """The request body arrived slower than the minimum rate, or not within the upload
+    time limit; the connection is closed after the answer."""
+
+    code = "upload_too_slow"
+
+
 class DeadlineExceeded(ServiceError):
     """The request's deadline passed before its batch ran."""
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +47,29 @@ def _fast_loops() -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def _shared_metrics_dir() -> Iterator[None]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for the workers (an operator's own is emptied
+    of a previous run's files instead), removed afterwards if we made it."""
+    from app.observability.metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.remove(os.path.join(given, name))
+        yield
+        return
+    made = tempfile.mkdtemp(prefix="mobilenet-metrics-")
+    os.environ[MULTIPROC_ENV] = made
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(made, ignore_errors=True)
+
+
 def run(settings: Settings) -> None:
     """Serve until signalled. ``settings.workers > 1`` runs that many processes on one port."""
     configure_logging(json_logs=settings.log_json, level=settings.log_level)
@@ -59,9 +84,11 @@ def run(settings: Settings) -> None:
     )
     if settings.workers > 1:
         # Each worker builds its own app from the same environment, which must say how
-        # many processes share the CPUs (the thread defaults divide by it).
+        # many processes share the CPUs (the thread defaults divide by it) and where they
+        # all write their metrics (any worker's /metrics then renders the whole server).
         os.environ["MOBILENET_WORKERS"] = str(settings.workers)
-        uvicorn.run("app.api.app:create_app", factory=True, workers=settings.workers, **common)
+        with _shared_metrics_dir():
+            uvicorn.run("app.api.app:create_app", factory=True, workers=settings.workers, **common)
         return
     from app.api import create_app
 

@@ -136,6 +136,36 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Upload size limit.")
     max_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb pixel limit.")
     max_batch_files: int = Field(32, ge=1, description="Files per /predict/batch request.")
+    max_uploads: int = Field(
+        512,
+        ge=1,
+        description="Request bodies being received at once, all clients together; past it "
+        "503 + Retry-After. Uploads hold no inference slot while they arrive.",
+    )
+    max_uploads_per_client: int = Field(
+        64,
+        ge=0,
+        description="Slow uploads (still arriving after 1 s) from one client address at "
+        "once; past it 429 and the connection is closed (0: no per-client bound). Behind a "
+        "proxy the address is the proxy's unless it passes X-Forwarded-For and "
+        "FORWARDED_ALLOW_IPS trusts it (docs/deploy.md).",
+    )
+    upload_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Longest a request body may take to arrive (16 MiB at 1.6 MiB/s), "
+        "else 408 and the connection is closed.",
+    )
+    upload_min_rate_bytes: int = Field(
+        4096,
+        ge=0,
+        description="Slowest average upload rate (bytes/s) tolerated once "
+        "upload_grace_s has passed, else 408 and the connection is closed (0: off).",
+    )
+    upload_grace_s: float = Field(
+        5.0, ge=0, description="Seconds a body may arrive slower than upload_min_rate_bytes."
+    )
 
     # --- weights ---
     weights_dir: Path = Field(Path("weights"), description="Converted weights and manifest.")

@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api.errors import install_error_handlers
+from app.api.errors import install_error_handlers, send_error
+from app.api.intake import UploadCounter, UploadGuardMiddleware, UploadLimits
 from app.api.middleware import BodyLimitMiddleware, FastRejectMiddleware, RequestIdMiddleware
 from app.api.routes import router
 from app.errors import WeightsError
@@ -61,10 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         loading = asyncio.create_task(_load(service))
         app.state.loading = loading
+        heartbeat = asyncio.create_task(_heartbeat(service))
         try:
             yield
         finally:
             service.begin_draining()
+            heartbeat.cancel()
             if not loading.done():
                 loading.cancel()
             await service.close()
@@ -103,12 +106,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.add_middleware(
+        UploadGuardMiddleware,
+        counter=UploadCounter(
+            UploadLimits(
+                max_uploads=settings.max_uploads,
+                max_per_client=settings.max_uploads_per_client,
+                timeout_s=settings.upload_timeout_s,
+                min_rate=settings.upload_min_rate_bytes,
+                grace_s=settings.upload_grace_s,
+            ),
+            observe=app.state.metrics.observe_upload,
+        ),
+        respond=send_error,
+    )
+    app.add_middleware(
         FastRejectMiddleware,
         service=lambda: getattr(app.state, "service", None),
         hold_s=settings.retry_after_hold_s,
     )
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+HEARTBEAT_S = 1.0
+
+
+async def _heartbeat(service: ClassifierService) -> None:
+    """Report this process alive and its readiness about once a second; with several
+    workers the others read it (``/readyz`` of any of them sees a wedged sibling), and
+    the shared gauges that are sampled rather than counted stay fresh."""
+    while True:
+        service.heartbeat()
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 async def _load(service: ClassifierService) -> None:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Scope, Send
 
 from app import errors
 from app.observability.logging import request_id_var
@@ -30,6 +31,8 @@ STATUS_BY_CODE: dict[str, int] = {
     errors.PayloadTooLarge.code: 413,
     errors.ImageTooLarge.code: 413,
     errors.Overloaded.code: 503,
+    errors.TooManyUploads.code: 429,
+    errors.UploadTooSlow.code: 408,
     errors.DeadlineExceeded.code: 504,
     errors.ShuttingDown.code: 503,
     errors.NotReady.code: 503,
@@ -78,16 +81,29 @@ def response_for(exc: errors.ServiceError) -> JSONResponse:
     headers = {}
     if isinstance(exc, errors.Overloaded):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        if isinstance(exc, errors.TooManyUploads):
+            headers["Connection"] = "close"  # a slow body is not worth waiting for
     elif isinstance(exc, errors.ShuttingDown | errors.NotReady):
         headers["Retry-After"] = "1"
     elif isinstance(exc, errors.Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, errors.UploadTooSlow):
+        headers["Connection"] = "close"  # the rest of its body is not worth waiting for
     if status >= 500 and not isinstance(
         exc, errors.Overloaded | errors.ShuttingDown | errors.NotReady | errors.DeadlineExceeded
     ):
         log.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__ or exc)
     details = {k: v for k, v in exc.details.items() if k not in ("code", "message")}
     return error_response(status, exc.code, exc.message, headers=headers or None, **details)
+
+
+async def send_error(scope: Scope, send: Send, exc: errors.ServiceError) -> None:
+    """Answer ``exc`` from ASGI middleware, in the same shape as the routes' errors."""
+
+    async def no_body() -> Message:
+        return {"type": "http.disconnect"}
+
+    await response_for(exc)(scope, no_body, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

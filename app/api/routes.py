@@ -219,12 +219,14 @@ async def predict(
     try:
         target = choice.resolve(service)
         label = target.name
-        with service.admit(target):  # refuse a flood before parsing its bodies
-            upload = await uploads.read_one(request, limit=settings.max_upload_bytes)
-            result = await unless_disconnected(
-                request,
-                service.classify(upload.data, target, topk=topk, deadline=deadline, admit=False),
-            )
+        # The inference slot is taken once the upload is in (inside classify): a body
+        # still arriving holds only an upload slot (app.api.intake), so slow uploads
+        # cannot lock others out. A flood is still refused before its bodies are read
+        # (app.api.middleware.FastRejectMiddleware) while the variant is full.
+        upload = await uploads.read_one(request, limit=settings.max_upload_bytes)
+        result = await unless_disconnected(
+            request, service.classify(upload.data, target, topk=topk, deadline=deadline)
+        )
     except ServiceError as exc:
         _record(request, "/predict", label, status_for(exc), start)
         raise

@@ -34,6 +34,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # names the worker when several share the port
         }
         rid = getattr(record, "request_id", None)
         if rid:
@@ -56,7 +57,9 @@ def configure_logging(
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s pid=%(process)d [%(request_id)s] %(message)s"
+            )
         )
     root = logging.getLogger()
     root.handlers = [handler]

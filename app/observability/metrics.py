@@ -3,12 +3,26 @@
 Per-app registries keep tests independent and let several apps live in one process.
 The batcher reports through ``BatcherMetrics`` (its observer protocol), so the batching
 module never imports prometheus.
+
+With several server processes on one port (``MOBILENET_WORKERS`` > 1) each scrape lands
+on one of them, so every process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus-client's multiprocess mode, set up by ``app.server`` before the workers start)
+and any of them renders the sum: counters and histograms add up over every process that
+ever ran (a replaced worker's counts stay, so no counter goes backwards), gauges combine
+as their ``multiprocess_mode`` says. Each process also reports a heartbeat, which lets
+any worker's ``/readyz`` see a wedged sibling.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -36,18 +50,37 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "mobilenet_queue_depth", "Requests waiting per variant", ["variant"], registry=r
+            "mobilenet_queue_depth",
+            "Requests waiting per variant (all workers)",
+            ["variant"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "mobilenet_in_flight",
-            "Admitted requests not yet answered, per variant",
+            "Admitted requests not yet answered, per variant (all workers)",
             ["variant"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.admission_limit = Gauge(
             "mobilenet_admission_limit",
-            "Current concurrency limit per variant (503 past it)",
+            "Current concurrency limit per variant, summed over the workers (503 past it)",
             ["variant"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.uploads_in_progress = Gauge(
+            "mobilenet_uploads_in_progress",
+            "Request bodies being received (all workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.upload_events = Counter(
+            "mobilenet_upload_events",
+            "Uploads refused (refused: server bound, refused_client: per-address bound) "
+            "or cut off as too slow (too_slow: 408)",
+            ["event"],
             registry=r,
         )
         self.batch_size = Histogram(
@@ -77,14 +110,115 @@ class Metrics:
         )
         self.loaded = Gauge(
             "mobilenet_variant_loaded",
-            "1 for each loaded variant",
+            "1 for each loaded variant (with several workers: loaded in every live one)",
             ["variant", "backend", "device"],
             registry=r,
+            multiprocess_mode="livemin",
         )
-        self.ready = Gauge("mobilenet_ready", "1 when the service is ready", registry=r)
+        self.ready = Gauge(
+            "mobilenet_ready",
+            "1 when the service is ready (with several workers: every live one is)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.heartbeat = Gauge(
+            "mobilenet_worker_heartbeat_seconds",
+            "Unix time each server process last reported itself alive, with its readiness "
+            "in mobilenet_worker_ready",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.worker_ready = Gauge(
+            "mobilenet_worker_ready",
+            "1 when this server process is ready",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+
+    def observe_upload(self, event: str, delta: int) -> None:
+        """``app.api.intake.UploadCounter``'s observer."""
+        if event == "in_progress":
+            self.uploads_in_progress.inc(delta)
+        else:
+            self.upload_events.labels(event).inc(delta)
+
+    def beat(self, ready: bool) -> None:
+        """This process is alive (and ready or not); called about once a second."""
+        self.worker_ready.set(1 if ready else 0)
+        self.heartbeat.set(time.time())
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = multiproc_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        reap_dead_workers(directory)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)
+
+
+def multiproc_dir() -> str | None:
+    """The shared metrics directory when several server processes share the port."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process took the number: not ours, gone
+        return False
+    return True
+
+
+def reap_dead_workers(directory: str) -> list[int]:
+    """Drop the live gauges of server processes that have exited (killed ones included:
+    they never got to say so). Counters and histograms stay, so sums never go back."""
+    from prometheus_client import multiprocess
+
+    dead = set()
+    for name in os.listdir(directory):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = name[:-3].rsplit("_", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                dead.add(int(pid))
+    for pid in dead:
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, directory)
+    return sorted(dead)
+
+
+def worker_problems(directory: str, *, expected: int, stale_after_s: float) -> list[str]:
+    """Why the replica is not ready, from every live worker's last heartbeat: fewer than
+    ``expected`` workers have reported (still starting, or one died and its replacement
+    is loading), one says it is not ready, or one has not reported for ``stale_after_s``
+    (wedged)."""
+    from prometheus_client import multiprocess
+
+    reap_dead_workers(directory)
+    beats: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    for family in multiprocess.MultiProcessCollector(None, path=directory).collect():
+        target = {
+            "mobilenet_worker_heartbeat_seconds": beats,
+            "mobilenet_worker_ready": ready,
+        }.get(family.name)
+        if target is None:
+            continue
+        for sample in family.samples:
+            target[sample.labels.get("pid", "?")] = sample.value
+    now, problems = time.time(), []
+    if len(beats) < expected:
+        problems.append(f"{len(beats)} of {expected} workers have started")
+    for pid, beat in sorted(beats.items()):
+        if now - beat > stale_after_s:
+            problems.append(f"worker {pid} has not reported for {now - beat:.0f} s (wedged?)")
+        elif not ready.get(pid):
+            problems.append(f"worker {pid} is not ready")
+    return problems
 
 
 class BatcherMetrics:

@@ -28,7 +28,7 @@ from app.batching import Batcher
 from app.errors import NotReady, Overloaded, ServiceError, ShuttingDown, WeightsError
 from app.imaging import Preprocessing, prepare, probe_jpeg
 from app.inference import create_backend
-from app.observability.metrics import BatcherMetrics, Metrics
+from app.observability.metrics import BatcherMetrics, Metrics, multiproc_dir, worker_problems
 from app.serving.admission import Admission
 from app.serving.registry import LoadedVariant, Registry
 from app.settings import Settings
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 GOLDEN_IMAGE = "golden_cat.jpg"
 CAT_CLASSES = frozenset(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 HEARTBEAT_STALL_S = 30.0
+WORKER_STALE_S = 10.0  # a sibling worker silent this long is wedged (it beats every 1 s)
 
 
 @dataclass(frozen=True)
@@ -248,8 +249,17 @@ class ClassifierService:
         """Start-up problems of variants that are not offered while others are."""
         return list(self.readiness.problems) if len(self.registry) else []
 
-    def ready(self) -> tuple[bool, list[str]]:
-        """Ready = loaded, not draining, and no batcher stalled."""
+    def heartbeat(self) -> None:
+        """Publish this process's readiness and queue depths (see app.api.app._heartbeat)."""
+        for v in self.registry:
+            self.metrics.queue_depth.labels(v.name).set(v.batcher.depth)
+        self.metrics.beat(self.ready(siblings=False)[0])
+
+    def ready(self, *, siblings: bool = True) -> tuple[bool, list[str]]:
+        """Ready = loaded, not draining, and no batcher stalled; with several workers on
+        the port (``siblings``), every other live worker says so too and is not wedged:
+        the orchestrator probes whichever worker accepts, so one worker's view would let
+        a wedged sibling keep receiving traffic."""
         # Variants dropped at start-up (failed golden check) are reported by degraded();
         # the others still serve, so they do not fail readiness unless none is left.
         problems = list(self.readiness.problems) if not len(self.registry) else []
@@ -262,6 +272,16 @@ class ClassifierService:
         for v in self.registry:
             if v.batcher.stalled(threshold_s=HEARTBEAT_STALL_S):
                 problems.append(f"inference worker for {v.name} is stalled")
+        directory = multiproc_dir()
+        if siblings and directory is not None:
+            mine = f"worker {os.getpid()} "
+            problems += [
+                p
+                for p in worker_problems(
+                    directory, expected=self.settings.workers, stale_after_s=WORKER_STALE_S
+                )
+                if not p.startswith(mine)
+            ]
         return not problems, problems
 
     # ---------------------------------------------------------------- requests
@@ -354,10 +374,11 @@ class ClassifierService:
     def admit(self, target: LoadedVariant) -> Iterator[None]:
         """Hold one of ``target``'s in-flight slots, or raise ``Overloaded`` at once.
 
-        Routes take the slot before reading the upload, so a flood is refused without
-        parsing bodies it would throw away. A slot that ends in an answer reports its
-        whole wall time to the limiter: under load the waits between stages (the event
-        loop's backlog, the decode pool's queue) are as real as the stages themselves."""
+        Taken once the upload has arrived: reading a body must not hold what computing
+        on it needs (a trickling upload would hold the slot for as long as its sender
+        likes). A slot that ends in an answer reports its whole wall time to the limiter:
+        under load the waits between stages (the event loop's backlog, the decode pool's
+        queue) are as real as the stages themselves."""
         admission = self.admission.get(target.name)
         if admission is None:
             yield
