@@ -24,7 +24,36 @@ def test_cold_limit_until_latency_is_measured() -> None:
         g.enter()
     with pytest.raises(Overloaded) as exc:
         g.enter()
-    assert exc.value.retry_after >= 1 and "16 requests in flight" in exc.value.message
+    assert exc.value.retry_after >= 1 and "16 of 16 units of work in flight" in exc.value.message
+
+
+def test_costly_requests_spend_the_limit_on_work() -> None:
+    # A request weighs its cost: four of 4 units fill a limit of 16.
+    g = gate()
+    for _ in range(4):
+        g.enter(cost=4)
+    with pytest.raises(Overloaded) as exc:
+        g.enter(cost=1)
+    assert "16 of 16" in exc.value.message
+    g.leave(cost=4)
+    with pytest.raises(Overloaded) as exc:
+        g.enter(cost=5)  # 12 + 5 > 16
+    assert "weighs 5" in exc.value.message
+    g.enter(cost=4)
+    assert g.in_flight == 16
+
+
+def test_one_request_heavier_than_the_limit_gets_in_alone() -> None:
+    # An honest huge upload on an idle variant is answered; a second one is not let in
+    # beside it, nor is anything while it runs past the limit.
+    g = gate()
+    g.enter(cost=225)
+    with pytest.raises(Overloaded):
+        g.enter(cost=225)
+    with pytest.raises(Overloaded):
+        g.enter(cost=1)
+    g.leave(cost=225)
+    assert g.in_flight == 0 and not g.full(cost=225)
 
 
 def flood_window(g: Admission, latency_s: float) -> None:

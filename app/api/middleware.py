@@ -232,6 +232,7 @@ class FastRejectMiddleware:
         if gate is None or not gate.full():
             return None
         service.metrics.rejected.labels(target.name).inc()
+        service.metrics.shed_cost.labels(target.name).inc()  # its weight is not known yet
         service.metrics.requests.labels("/predict", target.name, "503").inc()
         return _Refusal(gate.overloaded())
 

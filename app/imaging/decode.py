@@ -92,7 +92,7 @@ def _describe_other(data: bytes) -> str:
     return f"(unrecognised data starting {data[:8]!r})"
 
 
-def _webp_size(data: bytes) -> tuple[int, int] | None:
+def webp_size(data: bytes) -> tuple[int, int] | None:
     """WebP's decoder allocates its canvas while opening, so its size is read here first."""
     kind = data[12:16]
     if kind == b"VP8X" and len(data) >= 30:
@@ -154,7 +154,7 @@ def decode_image(
     ``max_pixels`` above it has no effect.
     """
     fmt = sniff_format(data)
-    if fmt == "WEBP" and (size := _webp_size(data)) is not None:
+    if fmt == "WEBP" and (size := webp_size(data)) is not None:
         _check_pixels(size, max_pixels)
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -127,15 +128,29 @@ class LiteRTBackend:
         first = self._chains[0].interpreters[0].get_input_details()[0]
         self.input_size = int(first["shape"][1])
         self.drop_background = drop_background
+        # Set by the service: True while other work keeps the cores busy. The lone-image
+        # interpreter's threads then spin against it (v1-1.0 took 34 ms instead of ~8 under
+        # a flood of another variant), so a single-threaded one runs the image instead.
+        self.contended: Callable[[], bool] = lambda: False
         self._helpers = (
             ThreadPoolExecutor(len(self._chains) - 1, thread_name_prefix="litert")
             if len(self._chains) > 1
             else None
         )
 
+    @property
+    def max_batch(self) -> int:
+        """Largest batch worth cutting: one image per interpreter. A batch is a loop over
+        images at the same cost per image (3.4 ms for v3-small at 1..16), so a bigger one
+        only makes other variants wait longer for the shared inference thread: a V1 probe
+        under a V2 flood had p50 45 ms with batches of 4 and 23 ms with 2 (idle: 12 ms)."""
+        return len(self._chains)
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         n = min(len(self._chains), len(batch))
-        if n <= 1:  # a lone image, or one interpreter only (then it is also the solo one)
+        if n <= 1 and self.contended():  # every core is busy: one thread, no spinning
+            probs = self._chains[0].run(batch)
+        elif n <= 1:  # a lone image, or one interpreter only (then it is also the solo one)
             probs = self._solo.run(batch)
         else:  # the calling thread takes the first share, helpers the rest
             assert self._helpers is not None  # there are n > 1 interpreters

@@ -90,6 +90,19 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.admitted_cost = Counter(
+            "mobilenet_admitted_cost",
+            "Work admitted per variant, in ordinary requests' worth of decoding (app.imaging.cost)",
+            ["variant"],
+            registry=r,
+        )
+        self.shed_cost = Counter(
+            "mobilenet_shed_cost",
+            "Work refused by admission per variant, in the same units (a request refused "
+            "before its body was read counts 1: its weight is not known yet)",
+            ["variant"],
+            registry=r,
+        )
         self.rejected = Counter(
             "mobilenet_rejected",
             "Requests refused because the queue was full",

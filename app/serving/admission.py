@@ -18,6 +18,12 @@ flood (measured: 8 <-> 64 every second). At the end of a window:
 * otherwise keep it: a limit that nobody presses against is not evidence of capacity,
   and growing it while idle would let the next burst in all at once.
 
+Requests are counted by their cost (``app.imaging.cost``: about how many ordinary
+requests' worth of decoding they are), so a variant's limit is spent on work and a flood
+of small files that decode large gets few slots. A request always gets in while nothing
+else is in flight, however costly, so one honest large upload on an idle server is
+answered.
+
 After a shrink, answers to requests admitted before it are left out of the windows (they
 still feed the Retry-After estimate): they waited behind the old, larger crowd, and
 judging the new limit by them shrank it again and again, as TCP would if it cut its
@@ -52,7 +58,7 @@ class Admission:
         self.cold_limit = min(cold_limit, hard_limit)  # until answers are measured
         self.min_limit = min(min_limit, hard_limit)
         self.target_s = target_s
-        self.in_flight = 0
+        self.in_flight: float = 0  # cost units of the admitted requests not yet answered
         self._limit = float(self.cold_limit)
         self._latency: float | None = None
         self._window: list[float] = []
@@ -89,27 +95,31 @@ class Admission:
         per_item = (self._latency or self.target_s) / max(self._limit, 1)
         return max(1, min(60, math.ceil(self.in_flight * per_item)))
 
-    def full(self) -> bool:
-        return self.in_flight >= self.limit()
+    def full(self, cost: float = 1.0) -> bool:
+        """Would a request of ``cost`` be refused now?"""
+        return self.in_flight > 0 and self.in_flight + cost > self.limit()
 
-    def overloaded(self) -> Overloaded:
+    def overloaded(self, cost: float = 1.0) -> Overloaded:
         self._pressed = True
+        heavy = f" (this request weighs {cost:.0f})" if cost > 1 else ""
         return Overloaded(
-            f"{self.name} is at capacity ({self.in_flight} requests in flight); retry "
-            f"in {self.retry_after_s()} s or use another replica",
+            f"{self.name} is at capacity ({self.in_flight:.0f} of {self.limit()} units of "
+            f"work in flight{heavy}); retry in {self.retry_after_s()} s or use another replica",
             retry_after=self.retry_after_s(),
             variant=self.name,
         )
 
-    def enter(self) -> int:
-        """Admit one request or raise ``Overloaded`` with a Retry-After; returns the epoch
-        to pass back to ``record`` with its latency."""
-        if self.full():
-            raise self.overloaded()
-        self.in_flight += 1
+    def enter(self, cost: float = 1.0) -> int:
+        """Admit one request of ``cost`` or raise ``Overloaded`` with a Retry-After; returns
+        the epoch to pass back to ``record`` with its latency."""
+        if self.full(cost):
+            raise self.overloaded(cost)
+        self.in_flight += cost
         if self.in_flight >= self.limit():
             self._pressed = True
         return self._epoch
 
-    def leave(self) -> None:
-        self.in_flight -= 1
+    def leave(self, cost: float = 1.0) -> None:
+        self.in_flight -= cost
+        if self.in_flight < 1e-9:
+            self.in_flight = 0

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from app.batching import Batcher
+from app.batching.fair import FairExecutor, LaneActivity
 from app.errors import NotReady, Overloaded, ServiceError, ShuttingDown, WeightsError
 from app.imaging import Preprocessing, prepare, probe_jpeg
+from app.imaging.cost import decode_cost
 from app.inference import create_backend
 from app.observability.metrics import BatcherMetrics, Metrics, multiproc_dir, worker_problems
 from app.serving.admission import Admission
@@ -114,15 +115,25 @@ class ClassifierService:
         self.admission: dict[str, Admission] = {}
         self.readiness = Readiness()
         nice = settings.worker_nice
-        self.decode_pool = ThreadPoolExecutor(
+        # Both shared stages serve the variants fairly (one lane each, weighed by cost),
+        # so a variant flooded with heavy work cannot make the others wait behind it.
+        decode_wait = self.metrics.latency.labels
+        activity = LaneActivity()  # a variant busy in either pool counts in both
+        self.decode_pool = FairExecutor(
             settings.decode_threads,
-            thread_name_prefix="decode",
+            name="decode",
             initializer=lower_thread_priority,
             initargs=(nice,),
+            on_wait=lambda lane, s: decode_wait("decode_wait", lane).observe(s),
+            activity=activity,
         )
         # One inference thread for all variants: models never compete for the cores.
-        self.inference_pool = ThreadPoolExecutor(
-            1, thread_name_prefix="inference", initializer=lower_thread_priority, initargs=(nice,)
+        self.inference_pool = FairExecutor(
+            1,
+            name="inference",
+            initializer=lower_thread_priority,
+            initargs=(nice,),
+            activity=activity,
         )
 
     # ---------------------------------------------------------------- life cycle
@@ -164,13 +175,18 @@ class ClassifierService:
             except (WeightsError, ValueError, RuntimeError, OSError) as exc:
                 log.warning("variant %s not offered: %s", name, exc)
                 continue
+            if hasattr(backend, "contended"):
+                backend.contended = self._contended
             batcher = Batcher(
                 self._predict_fn(backend, spec.preprocessing, self.settings.max_pixels),
                 name=name,
-                max_batch_size=self.settings.max_batch_size,
+                max_batch_size=min(
+                    self.settings.max_batch_size,
+                    getattr(backend, "max_batch", None) or self.settings.max_batch_size,
+                ),
                 max_wait_ms=self.settings.max_wait_ms,
                 queue_limit=self.settings.queue_limit,
-                executor=self.inference_pool,
+                executor=self.inference_pool.lane(name),
                 observer=observer,
                 split_on=_is_oom,
             )
@@ -248,6 +264,10 @@ class ClassifierService:
     def degraded(self) -> list[str]:
         """Start-up problems of variants that are not offered while others are."""
         return list(self.readiness.problems) if len(self.registry) else []
+
+    def _contended(self) -> bool:
+        """Other work wants the cores: uploads decoding or another variant's batch queued."""
+        return self.decode_pool.load() > 0 or self.inference_pool.load() > 1
 
     def heartbeat(self) -> None:
         """Publish this process's readiness and queue depths (see app.api.app._heartbeat)."""
@@ -328,11 +348,11 @@ class ClassifierService:
         )
 
     async def decode(
-        self, data: bytes, target: LoadedVariant
+        self, data: bytes, target: LoadedVariant, *, cost: float = 1.0
     ) -> tuple[np.ndarray | JpegItem, float]:
-        """Decode + preprocess on the pool, or (CUDA) only check the header here and let
-        the device decode the JPEG inside the batch. Returns the item and the wall time
-        (waiting included) in ms."""
+        """Decode + preprocess on the pool (in ``target``'s lane, weighed by ``cost``), or
+        (CUDA) only check the header here and let the device decode the JPEG inside the
+        batch. Returns the item and the wall time (waiting included) in ms."""
         t0 = time.perf_counter()
         pre, limit = target.spec.preprocessing, self.settings.max_pixels
         if (
@@ -341,8 +361,8 @@ class ClassifierService:
             and probe_jpeg(data, max_pixels=limit)
         ):
             return JpegItem(data), (time.perf_counter() - t0) * 1000
-        array = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, lambda: prepare(data, pre, max_pixels=limit)
+        array = await asyncio.wrap_future(
+            self.decode_pool.submit_to(target.name, cost, prepare, data, pre, max_pixels=limit)
         )
         return array, (time.perf_counter() - t0) * 1000
 
@@ -356,8 +376,9 @@ class ClassifierService:
         admit: bool = True,
     ) -> Classification:
         """Classify ``data`` with ``target`` (from ``resolve``: readiness already checked)."""
-        with self.admit(target) if admit else contextlib.nullcontext():
-            array, decode_ms = await self.decode(data, target)
+        cost = decode_cost(data)
+        with self.admit(target, cost=cost) if admit else contextlib.nullcontext():
+            array, decode_ms = await self.decode(data, target, cost=cost)
             done = await target.batcher.submit(array, deadline=deadline)
             if isinstance(done.result, ServiceError):
                 raise done.result
@@ -371,8 +392,9 @@ class ClassifierService:
         )
 
     @contextlib.contextmanager
-    def admit(self, target: LoadedVariant) -> Iterator[None]:
-        """Hold one of ``target``'s in-flight slots, or raise ``Overloaded`` at once.
+    def admit(self, target: LoadedVariant, *, cost: float = 1.0) -> Iterator[None]:
+        """Hold ``cost`` units of ``target``'s in-flight limit (an ordinary request is 1;
+        ``app.imaging.cost`` weighs an upload), or raise ``Overloaded`` at once.
 
         Taken once the upload has arrived: reading a body must not hold what computing
         on it needs (a trickling upload would hold the slot for as long as its sender
@@ -384,17 +406,19 @@ class ClassifierService:
             yield
             return
         try:
-            epoch = admission.enter()
+            epoch = admission.enter(cost)
         except Overloaded:
             self.metrics.rejected.labels(target.name).inc()
+            self.metrics.shed_cost.labels(target.name).inc(cost)
             raise
         start, answered = time.monotonic(), False
         self.metrics.in_flight.labels(target.name).inc()
+        self.metrics.admitted_cost.labels(target.name).inc(cost)
         try:
             yield
             answered = True
         finally:
-            admission.leave()
+            admission.leave(cost)
             self.metrics.in_flight.labels(target.name).dec()
             if answered:
                 admission.record(latency_s=time.monotonic() - start, epoch=epoch)

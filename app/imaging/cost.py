@@ -1,0 +1,57 @@
+"""What decoding an upload will cost, from its header alone, before any pixel is decoded.
+
+Admission (``app.serving.admission``) and the fair decode pool (``app.batching.fair``)
+weigh each request by this, so a flood of small files that decode large gets few slots
+and cannot take the shared decode threads from everyone else (issue 21: a 116 KB flat
+PNG decodes to 36 MP and took ~0.7-1.6 s of a core).
+
+The unit is one ordinary request: ~4 ms of decoding, what a 720p JPEG costs here. Measured
+on the 2-core reference machine (``prepare()``, v3-small recipe; docs/deploy.md):
+
+* JPEG (draft decoding to 1/2-1/8 scale): 2.8 ms at 0.9 MP, 12 ms at 12 MP, 29 ms at 36 MP,
+  38 ms at 50 MP: about 2 ms + 0.75 ms per full-size megapixel.
+* PNG (no draft: every pixel is inflated and resampled): 22-44 ms per megapixel; a 36 MP
+  flat PNG 0.7 s, a 36 MP photo 1.6 s. Other formats decode in full too and are costed
+  the same, which over-weighs BMP a little (it has no compression to undo).
+
+A header that cannot be read costs 1: decoding will refuse it at once.
+"""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from app.imaging.decode import sniff_format, webp_size
+
+UNIT_MS = 4.0
+JPEG_BASE_MS = 2.0
+JPEG_MS_PER_MP = 0.75
+FULL_DECODE_MS_PER_MP = 25.0
+
+
+def estimate_ms(fmt: str, width: int, height: int) -> float:
+    """Decode + preprocess time of one image on one core of the reference machine."""
+    mp = width * height / 1e6
+    if fmt in ("JPEG", "MPO"):
+        return JPEG_BASE_MS + JPEG_MS_PER_MP * mp
+    return FULL_DECODE_MS_PER_MP * mp
+
+
+def decode_cost(data: bytes) -> float:
+    """Ordinary requests' worth of decoding ``data`` is (>= 1); reads the header only
+    (~10-20 us), never the pixels."""
+    try:
+        fmt = sniff_format(data)
+        if fmt == "WEBP":  # Pillow's WebP plugin allocates its canvas while opening
+            size = webp_size(data)
+            if size is None:
+                return 1.0
+            width, height = size
+        else:
+            with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+                width, height = img.size
+    except Exception:
+        return 1.0
+    return max(1.0, estimate_ms(fmt, width, height) / UNIT_MS)
