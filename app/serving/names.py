@@ -72,25 +72,25 @@ NAME_PATTERNS: tuple[NamePattern, ...] = (
     ),
     NamePattern(
         _re(r"mobilenet_(?P<arch>v[12])_(?P<w>\d+\.\d+)_(?P<res>\d+)(?:_quant)?"),
-        "TF-slim, TF Lite and Hugging Face (google/...) releases",
+        "TF-slim, TF Lite, Hugging Face google/",
         "mobilenet_v1_0.5_160_quant",
         "tflite",
     ),
     NamePattern(
         _re(r"(?P<arch>v3[-_](?:small|large))_(?P<res>\d+)_(?P<w>\d+\.\d+)(?:_(?:uint8|float))?"),
-        "TF Lite MobileNetV3 releases",
+        "TF Lite V3 releases",
         "v3-small_224_1.0_uint8",
         "tflite",
     ),
     NamePattern(
         _re(r"mobilenet_(?P<arch>v[12]|v3_(?:small|large))_(?P<w100>\d{3})_(?P<res>\d+)"),
-        "TF Hub and Kaggle",
+        "TF Hub, Kaggle",
         "mobilenet_v2_100_224",
         "tflite",
     ),
     NamePattern(
         _re(r"mobilenetv(?P<arch>1|2|3_(?:small|large))_(?P<w100>\d{3})"),
-        "timm (no resolution: the highest loaded)",
+        "timm: width only",
         "mobilenetv3_large_100",
         None,
     ),
@@ -139,8 +139,8 @@ def describe_names() -> str:
     models = "; ".join(f"{m}: {', '.join(n.spellings)}" for m, n in MODELS.items())
     patterns = ", ".join(f"{p.example} ({p.where})" for p in NAME_PATTERNS[1:])
     return (
-        f"Case-insensitive. Model spellings -- {models}. Release names also work and pin "
-        f"width and resolution: {patterns}."
+        f"Any case. Other spellings: {models}. Release names pin width and resolution "
+        f"too: {patterns}."
     )
 
 

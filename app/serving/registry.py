@@ -12,8 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from app.serving import selector
-from app.serving.selector import MODELS, Fallback
+from app.serving import names, selector
+from app.serving.names import MODELS
+from app.serving.selector import Fallback
 from app.weights.specs import VariantSpec
 
 MODEL_ALIASES: dict[str, tuple[str, ...]] = {m: n.archs for m, n in MODELS.items()}
@@ -56,14 +57,14 @@ class Registry:
 
     def spellings(self) -> dict[str, list[str]]:
         """Each loaded model name -> every spelling a request may use for it."""
-        return {model: selector.model_spellings(model) for model in self.loaded_models()}
+        return {model: names.model_spellings(model) for model in self.loaded_models()}
 
     def release_names(self, v: LoadedVariant) -> list[str]:
         """Upstream release names that resolve to ``v`` (none where another loaded variant
         of the same architecture, width and resolution is the one they mean)."""
         s = v.spec
-        names = selector.release_names(s.arch, s.width, s.resolution)
-        return [n for n in names if self.resolve_name(n).name == v.name]
+        found = names.release_names(s.arch, s.width, s.resolution)
+        return [n for n in found if self.resolve_name(n).name == v.name]
 
     def default(self) -> LoadedVariant:
         """With nothing asked for: the most accurate loaded variant."""
