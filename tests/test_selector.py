@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.errors import ConflictingParameters, InvalidRequest, ServiceError, UnknownModel
 from app.serving.names import MODELS, NAME_PATTERNS, release_names
@@ -619,3 +621,50 @@ def test_degraded_variant_is_no_longer_chosen() -> None:
     del registry.variants["v1-0.5-160"]
     err = attempt(registry.resolve, width=0.5)
     assert isinstance(err, UnknownModel) and "width 0.5 is not loaded for any model" in err.message
+
+
+# ------------------------------------------------------------------------------ any input
+_WORDS = st.sampled_from(
+    ["v1", "V3", "mobilenet_v2", "MobileNetV3Small", "v1-0.5-160", "mobilenet_v1_0.3_96",
+     "v3-small_224_1.0_uint8", "mobilenetv2_100", "google/", ".tflite", "_quant", "-", "_",
+     "0.5", "160", "999999999999999999999999", "\x00", "é", "\u212a"]
+)  # fmt: skip
+_TEXT = st.one_of(st.none(), st.text(max_size=40), st.lists(_WORDS, max_size=4).map("".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    reg=st.sampled_from([R, A]),
+    model=_TEXT,
+    variant=_TEXT,
+    width=st.one_of(st.none(), st.floats(), st.sampled_from([0.25, 0.5, 0.6, 1.0])),
+    resolution=st.one_of(st.none(), st.integers(-(2**40), 2**40), st.sampled_from([160, 224])),
+    fallback=st.sampled_from([None, "nearest", "none", "NEAREST", "", "x"]),
+)
+def test_any_input_is_a_loaded_variant_or_a_4xx_error(
+    reg: str,
+    model: str | None,
+    variant: str | None,
+    width: float | None,
+    resolution: int | None,
+    fallback: str | None,
+) -> None:
+    """What the middleware and the routes rely on: nothing but a domain error escapes,
+    and a fallback's header is plain ASCII."""
+    registry = REGISTRIES[reg]
+    got = attempt(
+        registry.resolve,
+        model=model,
+        variant=variant,
+        width=width,
+        resolution=resolution,
+        fallback=fallback,
+    )
+    if isinstance(got, ServiceError):
+        assert got.code in ("unknown_model", "invalid_request", "conflicting_parameters"), got
+        assert got.message
+        return
+    assert registry.variants[got.name].spec is got.spec
+    if got.fallback is not None:
+        got.fallback.header().encode("ascii")
+        assert got.fallback.served == got.name

@@ -116,7 +116,7 @@ def merge(asks: Sequence[Ask]) -> Want:
             if have is None:
                 setattr(want, field, value)
                 want.source[field] = ask
-            elif not (have == value or (field == "width" and math.isclose(have, value))):
+            elif not (have == value or (field == "width" and _same_width(have, value))):
                 raise _conflict(want.source[field], ask, field)
         if ask.origin is not None:
             if ask.exact and want.exact and ask.origin != want.origin:
@@ -234,11 +234,11 @@ def _unavailable(
         ask = want.source["archs"]
         what = "variant" if ask.param == "variant" else "model"
         if ask.param == "variant" or ask.pins_variant:
-            msg = f"{what} {ask.text!r} is not loaded; loaded: {', '.join(names) or 'none'}"
+            msg = f"{what} {_short(ask.text)!r} is not loaded; loaded: {', '.join(names) or 'none'}"
             return UnknownModel(msg, loaded=names), []
         model = f" ({want.model_label()})" if ask.text.lower() != want.model_label() else ""
         msg = (
-            f"model {ask.text!r}{model} is not loaded; loaded models: "
+            f"model {_short(ask.text)!r}{model} is not loaded; loaded models: "
             f"{', '.join(loaded_models) or 'none'}"
         )
         return UnknownModel(msg, loaded=loaded_models), []
@@ -274,7 +274,7 @@ def _unavailable(
     names_a_variant = ask.param in ("model", "variant", "name") and ask.pins_variant
     if names_a_variant or field in ("origin", "name"):
         what = "variant" if ask.param in ("variant", "name") else ask.param
-        msg = f"{what} {ask.text!r} is not loaded; loaded: {', '.join(names)}{nearest}"
+        msg = f"{what} {_short(ask.text)!r} is not loaded; loaded: {', '.join(names)}{nearest}"
         return UnknownModel(msg, loaded=names, **details), near
     source = "" if ask.param == field else f" (from {ask.shown})"
     if field == "width":
