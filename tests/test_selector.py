@@ -668,3 +668,21 @@ def test_any_input_is_a_loaded_variant_or_a_4xx_error(
     if got.fallback is not None:
         got.fallback.header().encode("ascii")
         assert got.fallback.served == got.name
+
+
+def test_a_specs_own_aliases_name_it() -> None:
+    """``VariantSpec.aliases`` (data, no code) are accepted and listed like release names."""
+    import dataclasses
+
+    spec = dataclasses.replace(SPECS_BY_NAME["v1-0.5-160"], aliases=("edge-tiny",))
+    registry = Registry(
+        [
+            LoadedVariant(spec=spec, backend=object(), batcher=object()),
+            LoadedVariant(spec=SPECS_BY_NAME["v2-1.0-224"], backend=object(), batcher=object()),
+        ]
+    )
+    assert registry.resolve(variant="Edge-Tiny").name == "v1-0.5-160"
+    assert registry.resolve_name("edge-tiny").name == "v1-0.5-160"
+    assert registry.release_names(registry.variants["v1-0.5-160"])[0] == "edge-tiny"
+    with pytest.raises(ConflictingParameters):
+        registry.resolve(variant="edge-tiny", model="v2")

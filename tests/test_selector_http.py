@@ -150,3 +150,32 @@ def test_openapi_describes_the_accepted_values(app_client: Any) -> None:
     assert fallback["enum"] == ["none", "nearest"]
     assert "X-Variant-Fallback" in op["responses"]["200"]["headers"]
     assert "conflicting_parameters" in op["responses"]["422"]["description"]
+
+
+def test_fast_reject_resolves_with_the_same_rules(make_client: Any, cat: bytes) -> None:
+    """The middleware that refuses a flood before the app resolves the variant from the raw
+    query with the same selector: a fallback request to a full variant is refused there;
+    a contradiction falls through to the app's precise 422, never a 503."""
+    from app.api.middleware import FastRejectMiddleware
+
+    client = make_client(variants=["v1-0.25-128"])
+    service = client.app.state.service
+    fast = FastRejectMiddleware(client.app, service=lambda: service)
+    gate = service.admission["v1-0.25-128"]
+    query = b"model=MobileNet&width=0.3&fallback=nearest"
+    headers = {"content-type": "image/bmp"}
+    gate.in_flight = gate.limit()  # pretend the variant is full
+    try:
+        assert fast._refusal({"query_string": query}) is not None
+        assert fast._refusal({"query_string": b"model=MobileNet&width=0.3"}) is None  # 404
+        assert fast._refusal({"query_string": b"model=v2&variant=v1-0.25-128"}) is None
+        r = client.post(f"/predict?{query.decode()}", content=cat, headers=headers)
+        assert r.status_code == 503, r.text
+        r = client.post("/predict?model=v2&variant=v1-0.25-128", content=cat, headers=headers)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "conflicting_parameters"
+    finally:
+        gate.in_flight = 0
+    assert fast._refusal({"query_string": query}) is None
+    r = client.post(f"/predict?{query.decode()}", content=cat, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["variant"]["fallback"]["served"] == "v1-0.25-128"

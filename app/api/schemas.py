@@ -110,7 +110,8 @@ class ModelOut(VariantOut):
     default_for: list[str] = Field(description="Model names that resolve to this variant.")
     release_names: list[str] = Field(
         default_factory=list,
-        description="Upstream release names (TF Lite, TF Hub) a request may use for it.",
+        description="Other names a request may use for it: the spec's aliases and upstream "
+        "release names (TF Lite, TF Hub).",
         examples=[["mobilenet_v1_0.5_160_quant", "mobilenet_v1_0.5_160"]],
     )
 

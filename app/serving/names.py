@@ -190,8 +190,8 @@ def read_name(text: str, param: str, loaded: Sequence[LoadedVariant]) -> Ask | N
     """What a name means: a loaded variant's exact name, a model spelling, or a release
     name; ``None`` when it is none of these."""
     raw = text.strip()
-    for v in loaded:
-        if v.name.lower() == raw.lower():
+    for v in loaded:  # a loaded variant's name, or one of its spec's own aliases
+        if raw.lower() in (v.name.lower(), *(a.lower() for a in v.spec.aliases)):
             s = v.spec
             return Ask(
                 param,

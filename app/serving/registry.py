@@ -60,10 +60,11 @@ class Registry:
         return {model: names.model_spellings(model) for model in self.loaded_models()}
 
     def release_names(self, v: LoadedVariant) -> list[str]:
-        """Upstream release names that resolve to ``v`` (none where another loaded variant
-        of the same architecture, width and resolution is the one they mean)."""
+        """The spec's own aliases and the upstream release names that resolve to ``v`` (not
+        those that mean another loaded variant of the same architecture, width and
+        resolution)."""
         s = v.spec
-        found = names.release_names(s.arch, s.width, s.resolution)
+        found = [*s.aliases, *names.release_names(s.arch, s.width, s.resolution)]
         return [n for n in found if self.resolve_name(n).name == v.name]
 
     def default(self) -> LoadedVariant:
