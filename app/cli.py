@@ -22,6 +22,8 @@ EXAMPLES = {
     "predict": """examples:
   mobilenet-serve predict cat.jpg
   mobilenet-serve predict cat.jpg dog.png --model v1 --width 0.5 --topk 3
+  mobilenet-serve predict cat.jpg --model MobileNetV2          # any case, others' spellings
+  mobilenet-serve predict cat.jpg --width 0.6 --nearest        # nearest loaded width
   mobilenet-serve predict cat.jpg --url http://10.0.0.5:8000 --json""",
     "models": """examples:
   mobilenet-serve models
@@ -105,6 +107,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "model": args.model,
             "width": args.width,
             "resolution": args.resolution,
+            "variant": args.variant,
+            "fallback": "nearest" if args.nearest else None,
             "topk": args.topk,
         }.items()
         if v is not None
@@ -135,6 +139,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(
                     f"{image}  [{v['name']} {v['backend']}/{v['device']}, {t['total_ms']:.1f} ms]"
                 )
+                if v.get("fallback"):
+                    print(f"  (nearest loaded: asked {v['fallback']['asked']})")
                 for p in body["predictions"]:
                     bar = "#" * round(p["score"] * 30)
                     print(f"  {p['score']:6.1%} {p['index']:4d} {p['label']:28s} {bar}")
@@ -229,9 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     p.add_argument("images", nargs="+")
-    p.add_argument("--model", help="v1, v2, v3, v3-small, v3-large")
-    p.add_argument("--width", type=float, help="width multiplier, e.g. 0.25")
+    p.add_argument(
+        "--model",
+        help="v1, v2, v3, v3-small, v3-large, any case, or another library's spelling "
+        "(mobilenet_v2, MobileNetV3Small, mobilenet_v1_0.5_160; `models` lists them)",
+    )
+    p.add_argument(
+        "--width", type=float, help="width multiplier, e.g. 0.25 (alone: the best model with it)"
+    )
     p.add_argument("--resolution", type=int)
+    p.add_argument("--variant", help="a variant or release name, e.g. v1-0.5-160")
+    p.add_argument(
+        "--nearest",
+        action="store_true",
+        help="if that width/resolution is not loaded, use the nearest loaded (fallback=nearest)",
+    )
     p.add_argument("--topk", type=int, default=5)
     _client_args(p)
     p.set_defaults(func=cmd_predict)

@@ -28,6 +28,13 @@ class InvalidRequest(ServiceError):
     code = "invalid_request"
 
 
+class ConflictingParameters(InvalidRequest):
+    """Two parameters ask for different variants (``variant=v1-0.5-160&model=v3``):
+    serving either would silently ignore the other. ``details["parameters"]`` names both."""
+
+    code = "conflicting_parameters"
+
+
 class UnknownModel(ServiceError):
     """The requested model/width/resolution is not among the loaded variants."""
 

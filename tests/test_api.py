@@ -669,7 +669,12 @@ def test_while_loading_not_ready_and_predict_is_503(
         r = post_image(client, cat)
         assert "still loading" in error_of(r, 503, "not_ready")["message"]
         assert r.headers["retry-after"] == "1"
-        assert client.get("/models").json() == {"default": "", "aliases": {}, "models": []}
+        assert client.get("/models").json() == {
+            "default": "",
+            "aliases": {},
+            "spellings": {},
+            "models": [],
+        }
     finally:
         release.set()
     for _ in range(600):

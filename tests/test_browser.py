@@ -256,7 +256,16 @@ def test_page_classifies_with_default_and_chosen_model(server, open_page, images
     model = page.get_by_label("Model")
     expect(model).to_be_enabled()
     expect(model.locator("option")).to_have_count(1 + len(catalog["aliases"]))
-    expect(page.get_by_label("Width × resolution")).to_be_disabled()  # default: automatic
+    # No model: every loaded width × resolution is offered (issue 22: the server picks the
+    # most accurate model that has it); "Automatic" is the default.
+    width = page.get_by_label("Width × resolution")
+    expect(width).to_be_enabled()
+    expect(width).to_have_value("")
+    values = width.locator("option").evaluate_all("os => os.map(o => o.value)")
+    every = {(m["width"], m["resolution"]) for m in catalog["models"]}
+    assert sorted((float(w), int(r)) for w, r in (v.split("@") for v in values if v)) == sorted(
+        every
+    )
     expect(page.locator("label[for=camera]")).to_be_hidden()  # no camera button on a desktop
 
     # Picking a file classifies it with the default (most accurate) variant.

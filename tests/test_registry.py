@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from app.errors import UnknownModel
+from app.errors import ConflictingParameters, UnknownModel
 from app.serving.registry import MODEL_ALIASES, LoadedVariant, Registry
 from app.weights.specs import SPECS_BY_NAME, Accuracy
 
@@ -128,7 +128,7 @@ def test_highest_resolution_is_the_default_for_a_width() -> None:
     assert reg.resolve(model="v1", width=0.75, resolution=192).name == "v1-0.75-192"
 
 
-def test_width_or_resolution_alone_apply_to_the_default_model() -> None:
+def test_width_or_resolution_alone_pick_a_model_that_has_them() -> None:
     reg = registry(fake("v1", 0.5, 160, 57.7), fake("v1", 1.0, 224, 69.7))
     assert reg.resolve(width=0.5).name == "v1-0.5-160"
     assert reg.resolve(resolution=224).name == "v1-1.0-224"
@@ -148,9 +148,14 @@ def test_two_origins_for_the_same_variant_the_more_accurate_answers() -> None:
     assert registry(worse_tv, better_tflite).resolve(model="v3") is better_tflite
 
 
-def test_variant_name_overrides_model_width_and_resolution() -> None:
+def test_variant_name_that_contradicts_model_width_or_resolution_is_refused() -> None:
+    # Issue 22: a variant that disagrees with model/width/resolution used to win silently.
     reg = registry(*SHIPPED)
-    got = reg.resolve(model="v2", width=0.3, resolution=999, variant="v1-0.5-160")
+    with pytest.raises(ConflictingParameters) as info:
+        reg.resolve(model="v2", width=0.3, resolution=999, variant="v1-0.5-160")
+    assert info.value.details["parameters"] == ["model", "variant"]
+    # Agreeing parameters are fine.
+    got = reg.resolve(model="v1", width=0.5, resolution=160, variant="v1-0.5-160")
     assert got.name == "v1-0.5-160"
 
 
@@ -178,9 +183,12 @@ def test_known_but_unloaded_model_lists_the_loaded_models() -> None:
 def test_unloaded_width_lists_the_loaded_widths() -> None:
     with pytest.raises(UnknownModel) as info:
         registry(*SHIPPED).resolve(model="v1", width=0.3)
-    assert info.value.message == "width 0.3 is not loaded for v1; loaded widths: 0.25, 0.5, 0.75, 1"
+    assert info.value.message == (
+        "width 0.3 is not loaded for v1; loaded widths: 0.25, 0.5, 0.75, 1; "
+        "nearest loaded: 0.25 (v1-0.25-128), 0.5 (v1-0.5-160)"
+    )
     assert info.value.details["widths"] == [0.25, 0.5, 0.75, 1.0]
-    with pytest.raises(UnknownModel, match=r"loaded widths: 1$"):
+    with pytest.raises(UnknownModel, match=r"loaded widths: 1; nearest loaded: 1 \(v2-1.0-224\)$"):
         registry(*SHIPPED).resolve(model="v2", width=0.5)
 
 
@@ -188,10 +196,13 @@ def test_unloaded_resolution_lists_the_loaded_resolutions_for_that_width() -> No
     with pytest.raises(UnknownModel) as info:
         registry(*SHIPPED).resolve(model="v1", width=0.75, resolution=160)
     assert "resolution 160" in info.value.message
-    assert info.value.message.endswith("loaded: 192, 224")
+    assert info.value.message.endswith("loaded: 192, 224; nearest loaded: 192 (v1-0.75-192)")
     assert info.value.details["resolutions"] == [192, 224]
-    with pytest.raises(UnknownModel, match=r"width 1; loaded: 224$"):
-        registry(*SHIPPED).resolve(model="v1", resolution=128)
+    # Issue 22: without a width, a resolution is looked for at every width of the model
+    # (it used to be looked for only at the widest one).
+    assert registry(*SHIPPED).resolve(model="v1", resolution=128).name == "v1-0.25-128"
+    with pytest.raises(UnknownModel, match=r"for v1; loaded: 128, 160, 192, 224; nearest"):
+        registry(*SHIPPED).resolve(model="v1", resolution=300)
 
 
 def test_unknown_variant_lists_every_loaded_variant() -> None:
@@ -213,5 +224,5 @@ def test_empty_registry_refuses_everything_with_a_message() -> None:
         reg.resolve()
     with pytest.raises(UnknownModel, match="not loaded; loaded models: none"):
         reg.resolve(model="v1")
-    with pytest.raises(UnknownModel, match=r"loaded: $"):
+    with pytest.raises(UnknownModel, match=r"loaded: none$"):
         reg.resolve(variant="v1-1.0-224")

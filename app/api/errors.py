@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_CODE: dict[str, int] = {
     errors.InvalidRequest.code: 422,
+    errors.ConflictingParameters.code: 422,
     errors.UnknownModel.code: 404,
     errors.Unauthorized.code: 401,
     errors.UnsupportedMediaType.code: 415,

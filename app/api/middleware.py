@@ -225,6 +225,7 @@ class FastRejectMiddleware:
                 variant=q.get("variant"),
                 width=float(q["width"]) if "width" in q else None,
                 resolution=int(q["resolution"]) if "resolution" in q else None,
+                fallback=q.get("fallback"),
             )
         except Exception:
             return None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -17,16 +18,18 @@ from app.api.schemas import (
     BatchItem,
     BatchItemError,
     BatchPredictResponse,
+    FallbackOut,
     HealthResponse,
     ModelOut,
     ModelsResponse,
     PredictionOut,
     PredictResponse,
     ReadyResponse,
+    ServedVariantOut,
     Timings,
-    VariantOut,
 )
 from app.errors import ServiceError
+from app.serving.names import describe_names
 from app.serving.registry import LoadedVariant
 from app.serving.service import Classification, ClassifierService
 
@@ -37,12 +40,29 @@ def _err(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
+FALLBACK_HEADER = "X-Variant-Fallback"
 PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The predictions.",
+        "headers": {
+            FALLBACK_HEADER: {
+                "description": "Only with fallback=nearest when another variant answered: "
+                'nearest; asked="..."; served="<variant>".',
+                "schema": {"type": "string"},
+            }
+        },
+    },
     401: _err("API key required (only when MOBILENET_API_KEY is set)."),
-    404: _err("The model/width/resolution asked for is not loaded; the message lists what is."),
+    404: _err(
+        "The model/width/resolution/variant asked for is not loaded; the message lists what "
+        "is and names the nearest loaded variants."
+    ),
     413: _err("Upload over MOBILENET_MAX_UPLOAD_BYTES, or image over MOBILENET_MAX_PIXELS."),
     415: _err("Not an image, or a format other than JPEG, PNG, WebP, BMP, GIF, TIFF."),
-    422: _err("Corrupt or truncated image, empty upload, malformed form, or a bad parameter."),
+    422: _err(
+        "Corrupt or truncated image, empty upload, malformed form, a bad parameter, or "
+        "parameters that contradict each other (code conflicting_parameters)."
+    ),
     500: _err("Inference failed for this request's batch (logged with the request id)."),
     503: _err("Queue full (see Retry-After), still loading, or shutting down."),
     504: _err("The request's deadline passed before its batch ran."),
@@ -84,9 +104,10 @@ BATCH_BODY = {
 ModelQ = Annotated[
     str | None,
     Query(
-        description="v1, v2, v3 (best V3 loaded), v3-small or v3-large; default: the most "
-        "accurate loaded variant.",
-        examples=["v3"],
+        description="v1, v2, v3 (best V3 loaded), v3-small or v3-large. "
+        + describe_names()
+        + " Default: the most accurate loaded model (that has the width/resolution asked).",
+        examples=["v3", "mobilenet_v2", "MobileNetV3Small", "mobilenet_v1_0.5_160"],
     ),
 ]
 WidthQ = Annotated[
@@ -95,15 +116,32 @@ WidthQ = Annotated[
         gt=0,
         le=2,
         description="Width multiplier alpha (e.g. 0.25, 0.5, 0.75, 1.0); default: "
-        "the widest loaded for the model.",
+        "the widest loaded for the model. Without a model: the most accurate model that has it.",
     ),
 ]
 ResolutionQ = Annotated[
-    int | None, Query(ge=32, le=1024, description="Input resolution; default: the variant's own.")
+    int | None,
+    Query(
+        ge=32,
+        le=1024,
+        description="Input resolution; default: the highest loaded for the model and width.",
+    ),
 ]
 VariantQ = Annotated[
     str | None,
-    Query(description="Exact variant name from GET /models (overrides model/width/resolution)."),
+    Query(
+        description="A variant name from GET /models (v1-0.5-160) or a release name "
+        "(mobilenet_v1_0.5_160_quant, v3-small_224_1.0_uint8), any case. With model/width/"
+        "resolution too, they must agree (422 otherwise).",
+    ),
+]
+FallbackQ = Annotated[
+    Literal["none", "nearest"] | None,
+    Query(
+        description="nearest: when the width/resolution/variant asked is not loaded, serve "
+        "the nearest loaded one (never of another model than asked; header X-Variant-Fallback and "
+        "variant.fallback say so) instead of a 404. Default none.",
+    ),
 ]
 TopkQ = Annotated[int, Query(ge=1, le=20, description="How many classes to return (1-20).")]
 
@@ -116,29 +154,41 @@ class VariantChoice:
     width: float | None
     resolution: int | None
     variant: str | None
+    fallback: str | None = None
+    response: Response | None = None  # where a fallback is announced (X-Variant-Fallback)
 
     def resolve(self, service: ClassifierService) -> LoadedVariant:
-        return service.resolve(
-            model=self.model, width=self.width, resolution=self.resolution, variant=self.variant
+        target = service.resolve(
+            model=self.model,
+            width=self.width,
+            resolution=self.resolution,
+            variant=self.variant,
+            fallback=self.fallback,
         )
+        if target.fallback is not None and self.response is not None:
+            self.response.headers[FALLBACK_HEADER] = target.fallback.header()
+        return target
 
 
 async def variant_choice(
+    response: Response,
     model: ModelQ = None,
     width: WidthQ = None,
     resolution: ResolutionQ = None,
     variant: VariantQ = None,
+    fallback: FallbackQ = None,
 ) -> VariantChoice:
     """``async`` so FastAPI runs it inline, not in its thread pool (see app.api.deps)."""
-    return VariantChoice(model, width, resolution, variant)
+    return VariantChoice(model, width, resolution, variant, fallback, response)
 
 
 ChoiceDep = Annotated[VariantChoice, Depends(variant_choice)]
 
 
-def variant_out(v: LoadedVariant) -> VariantOut:
+def variant_out(v: LoadedVariant) -> ServedVariantOut:
     s = v.spec
-    return VariantOut(
+    fallback = v.fallback
+    return ServedVariantOut(
         name=s.name,
         model=s.arch,
         width=s.width,
@@ -147,6 +197,7 @@ def variant_out(v: LoadedVariant) -> VariantOut:
         backend=v.backend.name,
         device=v.backend.device,
         precision=v.backend.precision,
+        fallback=FallbackOut(**dataclasses.asdict(fallback)) if fallback else None,
     )
 
 
@@ -332,10 +383,12 @@ async def models(service: ServiceDep) -> ModelsResponse:
                     {"filename": f.filename, "url": f.url, "sha256": f.sha256} for f in s.sources
                 ],
                 default_for=[m for m, name in aliases.items() if name == s.name],
+                release_names=service.registry.release_names(v),
             )
         )
     default = service.registry.default().name if len(service.registry) else ""
-    return ModelsResponse(default=default, aliases=aliases, models=out)
+    spellings = service.registry.spellings()
+    return ModelsResponse(default=default, aliases=aliases, spellings=spellings, models=out)
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["operations"], summary="Liveness")

@@ -24,6 +24,23 @@ class VariantOut(BaseModel):
     precision: str = Field(examples=["int8"])
 
 
+class FallbackOut(BaseModel):
+    """Set when ``fallback=nearest`` served another variant than the one asked for."""
+
+    asked: str = Field(description="What the request asked for.", examples=["model v1, width 0.6"])
+    served: str = Field(description="The variant that answered.", examples=["v1-0.5-160"])
+    reason: str = Field(
+        description="The 404 message the request would have had without the fallback.",
+        examples=["width 0.6 is not loaded for v1; loaded widths: 0.25, 0.5, 0.75, 1; ..."],
+    )
+
+
+class ServedVariantOut(VariantOut):
+    fallback: FallbackOut | None = Field(
+        None, description="Only with fallback=nearest, when the asked variant is not loaded."
+    )
+
+
 class Timings(BaseModel):
     decode_ms: float = Field(description="Decode + preprocess.")
     queue_ms: float = Field(description="Waiting for the batch to start.")
@@ -33,7 +50,7 @@ class Timings(BaseModel):
 
 class PredictResponse(BaseModel):
     request_id: str = Field(examples=["9f1c2e4b7a0d4c3e"])
-    variant: VariantOut
+    variant: ServedVariantOut
     predictions: list[PredictionOut]
     batch_size: int = Field(description="Size of the batch this image ran in.", examples=[4])
     timings: Timings
@@ -56,7 +73,7 @@ class BatchItem(BaseModel):
 
 class BatchPredictResponse(BaseModel):
     request_id: str
-    variant: VariantOut
+    variant: ServedVariantOut
     results: list[BatchItem]
 
 
@@ -91,6 +108,12 @@ class ModelOut(VariantOut):
     preprocessing: PreprocessingOut
     sources: list[SourceOut]
     default_for: list[str] = Field(description="Model names that resolve to this variant.")
+    release_names: list[str] = Field(
+        default_factory=list,
+        description="Other names a request may use for it: the spec's aliases and upstream "
+        "release names (TF Lite, TF Hub).",
+        examples=[["mobilenet_v1_0.5_160_quant", "mobilenet_v1_0.5_160"]],
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -98,6 +121,12 @@ class ModelsResponse(BaseModel):
     aliases: dict[str, str] = Field(
         description="Model name -> variant it resolves to.",
         examples=[{"v3": "v3-small-1.0-224", "v1": "v1-1.0-224"}],
+    )
+    spellings: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Model name -> every spelling a request may use for it (any case; "
+        "'-', '_' and spaces are ignored).",
+        examples=[{"v2": ["v2", "mobilenet_v2", "MobileNetV2", "mobilenetv2"]}],
     )
     models: list[ModelOut]
 

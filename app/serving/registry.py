@@ -1,45 +1,39 @@
-"""Which loaded variant answers a request: model aliases, width and resolution rules.
+"""The loaded variants, and the one place a request's selector becomes one of them.
 
-``model`` is ``v1``, ``v2``, ``v3-small``, ``v3-large`` or ``v3`` (the best V3 loaded);
-``width`` defaults to the widest loaded for that model; ``resolution`` to the variant's
-own (the highest loaded for that width). Where two origins serve the same
-(architecture, width, resolution), the one with the higher reported accuracy answers.
-Every refusal lists what is loaded.
+The rules (model spellings, release names, width/resolution defaults, conflicts, the
+nearest-variant fallback) are data and functions in `app.serving.selector`; this class
+holds what is loaded and answers ``resolve`` (query parameters) and ``resolve_name`` (one
+string, for protocol routes that put the model in the path).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import UnknownModel
+from app.serving import names, selector
+from app.serving.names import MODELS
+from app.serving.selector import Fallback
 from app.weights.specs import VariantSpec
 
-MODEL_ALIASES: dict[str, tuple[str, ...]] = {
-    "v1": ("v1",),
-    "v2": ("v2",),
-    "v3-small": ("v3-small",),
-    "v3-large": ("v3-large",),
-    "v3": ("v3-large", "v3-small"),  # preference order
-}
+MODEL_ALIASES: dict[str, tuple[str, ...]] = {m: n.archs for m, n in MODELS.items()}
+"""Model name -> the architectures it covers, in preference order (``v3``: large, small)."""
 
 
 @dataclass
 class LoadedVariant:
-    """A variant ready to serve: its spec, backend and batcher."""
+    """A variant ready to serve: its spec, backend and batcher. ``fallback`` is set only on
+    the copy `Registry.resolve` returns when it served the nearest variant instead."""
 
     spec: VariantSpec
     backend: Any  # app.inference.Backend
     batcher: Any  # app.batching.Batcher
+    fallback: Fallback | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-def _accuracy(v: LoadedVariant) -> float:
-    return v.spec.accuracy.top1 if v.spec.accuracy else 0.0
 
 
 class Registry:
@@ -51,25 +45,31 @@ class Registry:
     def __len__(self) -> int:
         return len(self.variants)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LoadedVariant]:
         return iter(self.variants.values())
 
     def loaded_models(self) -> list[str]:
-        archs = {v.spec.arch for v in self}
-        return [m for m, archs_ in MODEL_ALIASES.items() if any(a in archs for a in archs_)]
+        return selector.loaded_models(list(self))
 
     def aliases(self) -> dict[str, str]:
         """Each model name a request may use -> the variant it answers with by default."""
-        out = {}
-        for model in self.loaded_models():
-            out[model] = self.resolve(model=model).name
-        return out
+        return {model: self.resolve(model=model).name for model in self.loaded_models()}
+
+    def spellings(self) -> dict[str, list[str]]:
+        """Each loaded model name -> every spelling a request may use for it."""
+        return {model: names.model_spellings(model) for model in self.loaded_models()}
+
+    def release_names(self, v: LoadedVariant) -> list[str]:
+        """The spec's own aliases and the upstream release names that resolve to ``v`` (not
+        those that mean another loaded variant of the same architecture, width and
+        resolution)."""
+        s = v.spec
+        found = [*s.aliases, *names.release_names(s.arch, s.width, s.resolution)]
+        return [n for n in found if self.resolve_name(n).name == v.name]
 
     def default(self) -> LoadedVariant:
-        """With no model asked for: the most accurate loaded variant."""
-        if not self.variants:
-            raise UnknownModel("no model is loaded")
-        return max(self, key=_accuracy)
+        """With nothing asked for: the most accurate loaded variant."""
+        return self.resolve()
 
     def resolve(
         self,
@@ -78,58 +78,20 @@ class Registry:
         width: float | None = None,
         resolution: int | None = None,
         variant: str | None = None,
+        fallback: str | None = None,
     ) -> LoadedVariant:
-        if variant is not None:
-            if variant not in self.variants:
-                raise UnknownModel(
-                    f"variant {variant!r} is not loaded; loaded: "
-                    f"{', '.join(sorted(self.variants))}",
-                    loaded=sorted(self.variants),
-                )
-            return self.variants[variant]
-        if model is None and width is None and resolution is None:
-            return self.default()
-        model = model or self.default().spec.arch
-        if model not in MODEL_ALIASES:
-            raise UnknownModel(
-                f"unknown model {model!r}; allowed: {', '.join(MODEL_ALIASES)} "
-                f"(loaded: {', '.join(self.loaded_models())})",
-                allowed=list(MODEL_ALIASES),
-                loaded=self.loaded_models(),
-            )
-        for arch in MODEL_ALIASES[model]:
-            candidates = [v for v in self if v.spec.arch == arch]
-            if candidates:
-                break
-        else:
-            raise UnknownModel(
-                f"model {model!r} is not loaded; loaded models: "
-                f"{', '.join(self.loaded_models()) or 'none'}",
-                loaded=self.loaded_models(),
-            )
-        widths = sorted({v.spec.width for v in candidates})
-        if width is None:
-            width = widths[-1]
-        candidates = [v for v in candidates if abs(v.spec.width - width) < 1e-6]
-        if not candidates:
-            raise UnknownModel(
-                f"width {width:g} is not loaded for {model}; loaded widths: "
-                f"{', '.join(f'{w:g}' for w in widths)}",
-                model=model,
-                widths=widths,
-            )
-        resolutions = sorted({v.spec.resolution for v in candidates})
-        if resolution is not None:
-            candidates = [v for v in candidates if v.spec.resolution == resolution]
-            if not candidates:
-                raise UnknownModel(
-                    f"resolution {resolution} is not loaded for {model} at width "
-                    f"{width:g}; loaded: {', '.join(map(str, resolutions))}",
-                    model=model,
-                    width=width,
-                    resolutions=resolutions,
-                )
-        else:
-            top = resolutions[-1]
-            candidates = [v for v in candidates if v.spec.resolution == top]
-        return max(candidates, key=_accuracy)
+        """The variant a request's query parameters mean; ``UnknownModel`` (404) when it
+        is not loaded, ``ConflictingParameters`` (422) when they disagree."""
+        return selector.select(
+            list(self),
+            model=model,
+            width=width,
+            resolution=resolution,
+            variant=variant,
+            fallback=fallback,
+        )
+
+    def resolve_name(self, name: str, *, fallback: str | None = None) -> LoadedVariant:
+        """One string that may be a variant name, a release name or a model spelling
+        (any case): what ``/v2/models/{name}`` and friends put in the path."""
+        return selector.select(list(self), name=name, fallback=fallback)

@@ -340,12 +340,19 @@ class ClassifierService:
         width: float | None = None,
         resolution: int | None = None,
         variant: str | None = None,
+        fallback: str | None = None,
     ) -> LoadedVariant:
         """The variant a request asks for (refused while loading or draining)."""
         self._check_accepting()
         return self.registry.resolve(
-            model=model, width=width, resolution=resolution, variant=variant
+            model=model, width=width, resolution=resolution, variant=variant, fallback=fallback
         )
+
+    def resolve_name(self, name: str, *, fallback: str | None = None) -> LoadedVariant:
+        """The variant one name means (model spelling, variant or release name), for
+        protocol routes with the model in the path (refused while loading or draining)."""
+        self._check_accepting()
+        return self.registry.resolve_name(name, fallback=fallback)
 
     async def decode(
         self, data: bytes, target: LoadedVariant, *, cost: float = 1.0

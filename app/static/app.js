@@ -68,24 +68,26 @@ function fillModels() {
   fillWidths();
 }
 
-// The width select lists the variants the chosen model can answer with.
+// The width select lists the widths and resolutions the chosen model can answer with; with
+// no model, every loaded one (the server then picks the most accurate model that has it).
 function fillWidths() {
   const model = els.model.value;
-  if (!model) {
-    els.width.replaceChildren(option("", "Automatic"));
-    els.width.disabled = true;
-    return;
-  }
-  const arch = variantByName(catalog.aliases[model]).model;
+  const arch = model ? variantByName(catalog.aliases[model]).model : null;
   const variants = catalog.models
-    .filter((v) => v.model === arch)
-    .sort((a, b) => b.width - a.width || b.resolution - a.resolution);
-  els.width.replaceChildren(option("", `Widest (${catalog.aliases[model]})`));
+    .filter((v) => !arch || v.model === arch)
+    .sort((a, b) => b.width - a.width || b.resolution - a.resolution ||
+      (b.accuracy ? b.accuracy.top1 : 0) - (a.accuracy ? a.accuracy.top1 : 0));
+  els.width.replaceChildren(
+    option("", model ? `Widest (${catalog.aliases[model]})` : "Automatic"));
+  const seen = new Set();
   for (const v of variants) {
-    els.width.append(option(`${v.width}@${v.resolution}`,
-      `α ${alpha(v.width)} × ${v.resolution} px${top1(v)}`));
+    const value = `${v.width}@${v.resolution}`;
+    if (seen.has(value)) continue;  // two origins of one width × resolution: the server picks
+    seen.add(value);
+    els.width.append(option(value,
+      `α ${alpha(v.width)} × ${v.resolution} px${model ? top1(v) : ""}`));
   }
-  els.width.disabled = variants.length < 2;
+  els.width.disabled = seen.size < 2;
 }
 
 // ---- image ---------------------------------------------------------------------------
@@ -218,6 +220,7 @@ function show(result, roundTrip) {
   const t = result.timings;
   $("meta-variant").textContent =
     `${v.name} (${v.model}, α ${alpha(v.width)}, ${v.resolution} px${top1(variantByName(v.name))})`;
+  if (v.fallback) $("meta-variant").textContent += ` · nearest to ${v.fallback.asked}`;
   $("meta-backend").textContent = `${v.backend} · ${v.device} · ${v.precision}`;
   $("meta-latency").textContent = `${ms(t.total_ms)} server · ${ms(roundTrip)} round-trip`;
   $("meta-batch").textContent = `${result.batch_size} image${result.batch_size === 1 ? "" : "s"}`;
