@@ -38,7 +38,7 @@ def test_costly_requests_spend_the_limit_on_work() -> None:
     g.leave(cost=4)
     with pytest.raises(Overloaded) as exc:
         g.enter(cost=5)  # 12 + 5 > 16
-    assert "weighs 5" in exc.value.message
+    assert "weighs 5.0" in exc.value.message
     g.enter(cost=4)
     assert g.in_flight == 16
 

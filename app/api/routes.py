@@ -266,7 +266,9 @@ async def predict(
     `curl -F file=@cat.jpg 'http://127.0.0.1:8000/predict?model=v3'`
     """
     start = time.perf_counter()
-    label = choice.model or "default"
+    # A variant name once resolved; before that a fixed word, never the client's text
+    # (random model names would make unbounded Prometheus label series).
+    label = "unresolved"
     try:
         target = choice.resolve(service)
         label = target.name

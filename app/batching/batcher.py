@@ -154,6 +154,11 @@ class Batcher(Generic[T, R]):
         return len(self._queue)
 
     @property
+    def max_batch_size(self) -> int:
+        """The most items one predict() call gets."""
+        return self._max_batch
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 

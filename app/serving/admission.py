@@ -101,7 +101,7 @@ class Admission:
 
     def overloaded(self, cost: float = 1.0) -> Overloaded:
         self._pressed = True
-        heavy = f" (this request weighs {cost:.0f})" if cost > 1 else ""
+        heavy = f", and this request weighs {cost:.1f}" if cost >= 1.5 else ""
         return Overloaded(
             f"{self.name} is at capacity ({self.in_flight:.0f} of {self.limit()} units of "
             f"work in flight{heavy}); retry in {self.retry_after_s()} s or use another replica",
