@@ -52,7 +52,8 @@ class Admission:
         self.cold_limit = min(cold_limit, hard_limit)  # until answers are measured
         self.min_limit = min(min_limit, hard_limit)
         self.target_s = target_s
-        self.in_flight = 0
+        self.in_flight = 0  # in predicts' worth: a heavy request holds its charge
+        self.heavy_in_flight = 0
         self._limit = float(self.cold_limit)
         self._latency: float | None = None
         self._window: list[float] = []
@@ -101,15 +102,32 @@ class Admission:
             variant=self.name,
         )
 
-    def enter(self) -> int:
+    def charge(self, cost: int) -> int:
+        """The units a request worth ``cost`` predicts holds: at most half the limit, so a
+        heavy request (an explain) fits an idle variant whatever its size."""
+        return cost if cost <= 1 else min(cost, self._half())
+
+    def _half(self) -> int:
+        return max(1, self.limit() // 2)
+
+    def enter(self, charge: int = 1, *, heavy: bool = False) -> int:
         """Admit one request or raise ``Overloaded`` with a Retry-After; returns the epoch
-        to pass back to ``record`` with its latency."""
-        if self.full():
+        to pass back to ``record`` with its latency.
+
+        ``charge`` (from ``charge(cost)``) is what the request holds. Heavy requests
+        together hold at most half the limit, so a burst of them cannot starve predicts."""
+        if self.in_flight + charge > self.limit() or (
+            heavy and self.heavy_in_flight + charge > self._half()
+        ):
             raise self.overloaded()
-        self.in_flight += 1
+        self.in_flight += charge
+        if heavy:
+            self.heavy_in_flight += charge
         if self.in_flight >= self.limit():
             self._pressed = True
         return self._epoch
 
-    def leave(self) -> None:
-        self.in_flight -= 1
+    def leave(self, charge: int = 1, *, heavy: bool = False) -> None:
+        self.in_flight -= charge
+        if heavy:
+            self.heavy_in_flight -= charge

@@ -351,31 +351,37 @@ class ClassifierService:
         )
 
     @contextlib.contextmanager
-    def admit(self, target: LoadedVariant) -> Iterator[None]:
-        """Hold one of ``target``'s in-flight slots, or raise ``Overloaded`` at once.
+    def admit(self, target: LoadedVariant, *, cost: int = 1) -> Iterator[None]:
+        """Hold ``cost`` predicts' worth of ``target``'s in-flight slots, or raise
+        ``Overloaded`` at once.
 
         Routes take the slot before reading the upload, so a flood is refused without
         parsing bodies it would throw away. A slot that ends in an answer reports its
         whole wall time to the limiter: under load the waits between stages (the event
-        loop's backlog, the decode pool's queue) are as real as the stages themselves."""
+        loop's backlog, the decode pool's queue) are as real as the stages themselves.
+        A heavy request (``cost`` > 1, an explain) holds at most half the limit, heavy
+        ones together at most half (``Admission.charge``), and its own long latency is
+        not fed to the limiter, which steers by predicts' latency."""
         admission = self.admission.get(target.name)
         if admission is None:
             yield
             return
+        heavy = cost > 1
+        charge = admission.charge(cost)
         try:
-            epoch = admission.enter()
+            epoch = admission.enter(charge, heavy=heavy)
         except Overloaded:
             self.metrics.rejected.labels(target.name).inc()
             raise
         start, answered = time.monotonic(), False
-        self.metrics.in_flight.labels(target.name).inc()
+        self.metrics.in_flight.labels(target.name).inc(charge)
         try:
             yield
             answered = True
         finally:
-            admission.leave()
-            self.metrics.in_flight.labels(target.name).dec()
-            if answered:
+            admission.leave(charge, heavy=heavy)
+            self.metrics.in_flight.labels(target.name).dec(charge)
+            if answered and not heavy:
                 admission.record(latency_s=time.monotonic() - start, epoch=epoch)
                 self.metrics.admission_limit.labels(target.name).set(admission.limit())
 
