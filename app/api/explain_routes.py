@@ -125,7 +125,7 @@ def _render(data: bytes, e: Explanation, max_pixels: int) -> bytes:
     openapi_extra=IMAGE_BODY,
     dependencies=[AuthDep],
     tags=["explain"],
-    summary="Classify one image and show which regions the answer depends on",
+    summary="Explain a classification: the regions it rests on",
 )
 async def explain_route(
     request: Request,
@@ -214,7 +214,7 @@ def _compare_item(row: CompareRow) -> CompareItem:
     openapi_extra=IMAGE_BODY,
     dependencies=[AuthDep],
     tags=["classify"],
-    summary="Classify one image with every loaded variant",
+    summary="Compare every loaded variant on one image",
 )
 async def predict_compare(
     request: Request,
