@@ -409,7 +409,11 @@ def test_compare_answers_every_variant_decoding_once_per_preprocessing(
     monkeypatch.undo()
     for row, m in zip(rows, models, strict=True):
         assert row["ok"] and row["error"] is None
-        assert (row["params"], row["accuracy"]) == (m["params"], m["accuracy"])
+        assert (row["params"], row["macs"], row["accuracy"]) == (
+            m["params"],
+            m["macs"],
+            m["accuracy"],
+        )
         assert row["macs"] > 0
         assert len(row["predictions"]) == 3 and row["predictions"][0]["index"] in CAT
         t = row["timings"]

@@ -84,7 +84,9 @@ def _predictions(predictions: list[Prediction]) -> list[PredictionOut]:
     ]
 
 
-def _explain_body(request_id: str, e: Explanation, start: float) -> ExplainResponse:
+def explanation_out(request_id: str, e: Explanation, start: float) -> ExplainResponse:
+    """The JSON answer of an explanation (``start``: the request's ``perf_counter``); the
+    KServe v1 ``:explain`` adapter can return ``.model_dump()`` of it as is."""
     left, top, right, bottom = (round(x, 6) for x in e.region)
     return ExplainResponse(
         request_id=request_id,
@@ -177,7 +179,7 @@ async def explain_route(
             "Cache-Control": "no-store",
         }
         return Response(png, media_type="image/png", headers=headers)
-    return _explain_body(request.scope["state"]["request_id"], result, start)
+    return explanation_out(request.scope["state"]["request_id"], result, start)
 
 
 def _compare_item(row: CompareRow) -> CompareItem:

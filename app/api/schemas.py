@@ -84,6 +84,11 @@ class SourceOut(BaseModel):
 
 class ModelOut(VariantOut):
     params: int = Field(examples=[2542856])
+    macs: int | None = Field(
+        None,
+        description="Multiply-accumulates per image, as published by the authors.",
+        examples=[56000000],
+    )
     num_classes: int = Field(examples=[1000])
     quantized_source: bool
     license: str
