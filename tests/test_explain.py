@@ -459,3 +459,44 @@ def test_openapi_documents_explain_and_compare(app_client: Any) -> None:
     assert "image/png" in explain["responses"]["200"]["content"]
     assert {p["name"] for p in explain["parameters"]} >= {"model", "class_index", "format"}
     assert "/predict/compare" in paths
+
+
+def test_explain_and_compare_need_the_api_key_when_set(make_client: Any, cat: bytes) -> None:
+    client = make_client(api_key="s3cret")
+    for path in ("/explain", "/predict/compare"):
+        r = post(client, path, cat)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", path
+        r = client.post(
+            path, files={"file": ("c.bmp", cat)}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 200, path
+
+
+def test_a_cancelled_explain_leaves_nothing_behind(make_client: Any, cat: bytes) -> None:
+    """The client going away cancels the explain: its queued forwards are withdrawn, its
+    admission charge is returned, and the batcher settles every item it accepted."""
+    from app.serving.explain import explain
+
+    client = make_client(max_batch_size=2, variants=["v1-1.0-224"])
+    service = client.app.state.service
+    target = service.resolve()
+    gate = service.admission[target.name]
+
+    async def start_then_cancel() -> tuple[int, int]:
+        task = asyncio.ensure_future(explain(service, cat, target))
+        while target.batcher.stats.batches < 2:  # some forwards have run, most have not
+            await asyncio.sleep(0.005)
+        seen = gate.in_flight
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return seen, target.batcher.stats.items_done
+
+    before = target.batcher.stats
+    held, done = client.portal.call(start_then_cancel)
+    assert held == gate.charge(PLAN.forwards) > 1  # the explain held its charge while running
+    assert (gate.in_flight, gate.heavy_in_flight, target.batcher.depth) == (0, 0, 0)
+    stats = target.batcher.stats
+    assert done - before.items_done < PLAN.forwards  # it did not run to the end
+    assert stats.submitted - before.submitted == stats.settled - before.settled
+    assert post(client, "/explain", cat).status_code == 200  # and the variant still explains
