@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from app.batching import Completed
 from app.errors import DeadlineExceeded, InvalidRequest, ServiceError
 from app.imaging import Preprocessing, decode_image, draft_size, preprocess_image, source_box
 from app.serving.registry import LoadedVariant
@@ -133,7 +134,7 @@ async def _forward_all(
     of the forward time."""
     gate = asyncio.Semaphore(window)
 
-    async def one(x: np.ndarray):
+    async def one(x: np.ndarray) -> Completed:
         async with gate:
             done = await target.batcher.submit(x, deadline=deadline)
         if isinstance(done.result, ServiceError):
@@ -143,9 +144,10 @@ async def _forward_all(
     tasks = [asyncio.ensure_future(one(x)) for x in items]
     try:
         results = await asyncio.gather(*tasks)
-    finally:
+    finally:  # an error or our own cancellation: withdraw the rest before giving back
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     share = sum(d.inference_ms / d.batch_size for d in results)
     return [d.result for d in results], share
 
