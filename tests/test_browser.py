@@ -438,3 +438,31 @@ def test_page_shows_why_and_compares_every_variant(server, open_page, images_dir
     expect(canvas).to_be_hidden()
     _assert_clean(rec)
     assert any(u.endswith("/predict/compare?topk=1") for u in rec.requests), rec.requests
+
+
+def test_comparison_and_overlay_fit_a_phone(server, open_page, images_dir) -> None:
+    from playwright.sync_api import expect
+
+    page, rec = open_page(
+        server.origin,
+        "/",
+        viewport={"width": 375, "height": 812},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    expect(page.get_by_label("Model")).to_be_enabled()
+    page.locator("#file").set_input_files(images_dir / "cat.bmp")
+    expect(page.locator("#predictions li").first.locator(".label")).to_have_text(CAT)
+    page.get_by_label("Show why: saliency map").check()
+    expect(page.locator("#saliency-canvas")).to_be_visible()
+    page.get_by_role("button", name="Compare variants").click()
+    expect(page.locator("#compare-rows tr")).to_have_count(
+        len(server.get_json("/models")["models"])
+    )
+    expect(page.locator("#compare-table th.wide-only").first).to_be_hidden()  # MACs, params
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    page.locator("#compare").scroll_into_view_if_needed()
+    _shot(page, "page-mobile-compare.png")
+    _assert_clean(rec)

@@ -189,11 +189,11 @@ function showComparison(body) {
     tr.append(
       td(v.name, "variant", `α ${alpha(v.width)} · ${v.resolution} px · ${v.precision}`),
       td(best ? best.label : `${r.error.code}: ${r.error.message}`, best ? "" : "error-text"),
-      td(best ? pct(best.score) : "—", "num"),
-      td(r.ok ? ms(r.timings.inference_ms) : "—", "num"),
-      td(r.macs ? `${Math.round(r.macs / 1e6)} M` : "—", "num wide-only"),
-      td(`${(r.params / 1e6).toFixed(2)} M`, "num wide-only"),
-      td(r.accuracy ? `${r.accuracy.top1.toFixed(1)} %` : "—", "num"),
+      td(best ? (best.score * 100).toFixed(1) : "—", "num"),
+      td(r.ok ? r.timings.inference_ms.toFixed(1) : "—", "num"),
+      td(r.macs ? String(Math.round(r.macs / 1e6)) : "—", "num wide-only"),
+      td((r.params / 1e6).toFixed(2), "num wide-only"),
+      td(r.accuracy ? r.accuracy.top1.toFixed(1) : "—", "num"),
     );
     return tr;
   });
@@ -202,8 +202,9 @@ function showComparison(body) {
   markCurrentRow();
   const answered = body.results.filter((r) => r.ok).length;
   els.compareStatus.textContent = `${answered} of ${body.results.length} variants answered in `
-    + `${ms(body.total_ms)} on the server (${body.decodes} decodes). Forward: the model's `
-    + "own time; MACs and ImageNet top-1 as their authors report them. Cheapest first.";
+    + `${ms(body.total_ms)} on the server (${body.decodes} decodes). Time: the model's `
+    + "forward pass alone; MACs and ImageNet top-1 as their authors report them. Cheapest "
+    + "first.";
 }
 
 els.compareRun.addEventListener("click", compareAll);
