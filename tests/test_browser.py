@@ -466,3 +466,31 @@ def test_comparison_and_overlay_fit_a_phone(server, open_page, images_dir) -> No
     page.locator("#compare").scroll_into_view_if_needed()
     _shot(page, "page-mobile-compare.png")
     _assert_clean(rec)
+
+
+def test_overlay_waits_out_a_busy_variant(server, open_page, images_dir) -> None:
+    """While another explain holds the variant, /explain answers 503 + Retry-After; the
+    page says so, comes back when told to, and then draws the map."""
+    from playwright.sync_api import expect
+
+    from app.serving.explain import PLAN
+
+    service = server.server.config.app.state.service
+    page, rec = open_page(server.origin, "/")
+    expect(page.get_by_label("Model")).to_be_enabled()
+    page.locator("#file").set_input_files(images_dir / "cat.bmp")
+    expect(page.locator("#predictions li").first.locator(".label")).to_have_text(CAT)
+    busy = service.admit(service.resolve(), cost=PLAN.forwards)  # another explain, running
+    busy.__enter__()
+    release = threading.Timer(1.5, busy.__exit__, args=(None, None, None))
+    release.start()
+    try:
+        page.get_by_label("Show why: saliency map").check()
+        expect(page.locator("#saliency-note")).to_contain_text("busy; trying again")
+        expect(page.locator("#saliency-canvas")).to_be_visible()
+        expect(page.locator("#saliency-note")).to_contain_text("50 forward passes")
+    finally:
+        release.join()
+    assert not rec.external(), rec.external()
+    assert any("/explain?" in f and "HTTP 503" in f for f in rec.failures), rec.failures
+    assert [f for f in rec.failures if "HTTP 503" not in f] == []

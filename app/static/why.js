@@ -53,7 +53,7 @@ async function explain() {
   const serial = ++explainSerial;
   setSaliencyNote("Computing the saliency map: the image is classified once per hidden region…");
   try {
-    const res = await fetch(url, { method: "POST", body: imageForm(), headers: requestHeaders() });
+    const res = await postExplain(url, serial);
     if (!res.ok) throw new Error(await errorMessage(res));
     const body = await res.json();
     if (serial !== explainSerial) return;
@@ -68,6 +68,19 @@ async function explain() {
     if (serial !== explainSerial) return;
     els.saliencyCanvas.hidden = true;
     setSaliencyNote(`No saliency map: ${err.message || err}`, true);
+  }
+}
+
+// A variant runs one explain at a time (each is 50 forwards): a 503 while another is
+// running says when to come back (Retry-After), and the page does, twice at most.
+async function postExplain(url, serial) {
+  for (let attempt = 0; ; attempt += 1) {
+    const res = await fetch(url, { method: "POST", body: imageForm(), headers: requestHeaders() });
+    const wait = Number(res.headers.get("Retry-After"));
+    if (res.status !== 503 || attempt >= 2 || !(wait > 0 && wait <= 5)) return res;
+    if (serial !== explainSerial) return res;
+    setSaliencyNote(`The server is busy; trying again in ${wait} s…`);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
   }
 }
 
