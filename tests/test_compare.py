@@ -95,3 +95,11 @@ def test_compare_reports_a_full_variant_as_its_row(make_client: Any, cat: bytes)
             held.enter_context(service.admit(small))
         r = post(client, "/predict/compare", cat)  # nobody has room: a plain 503
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+
+
+def test_compare_on_the_torch_backend(torch_client: Any, cat: bytes) -> None:
+    models = torch_client.get("/models").json()["models"]
+    body = post(torch_client, "/predict/compare", cat).json()
+    assert [r["variant"]["name"] for r in body["results"]] == [m["name"] for m in models]
+    assert all(r["ok"] and r["variant"]["backend"] == "torch" for r in body["results"])
+    assert all(r["predictions"][0]["index"] in CAT for r in body["results"])

@@ -430,3 +430,18 @@ def test_a_cancelled_explain_leaves_nothing_behind(make_client: Any, cat: bytes)
     assert done - before.items_done < PLAN.forwards  # it did not run to the end
     assert stats.submitted - before.submitted == stats.settled - before.settled
     assert post(client, "/explain", cat).status_code == 200  # and the variant still explains
+
+
+def test_a_deadline_passing_between_the_forwards_is_504(app_client: Any, cat: bytes) -> None:
+    """40 ms is enough to decode but not for 50 forwards of V1 1.0 (>= 100 ms here): the
+    batcher expires the rest, the explain answers 504 and gives its admission back."""
+    service = app_client.app.state.service
+    target = service.resolve(variant="v1-1.0-224")
+    before = target.batcher.stats
+    r = post(app_client, "/explain", cat, variant=target.name, timeout_ms=40)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "deadline_exceeded"
+    stats = target.batcher.stats
+    assert stats.items_done - before.items_done < PLAN.forwards
+    assert stats.submitted - before.submitted == stats.settled - before.settled
+    assert service.admission[target.name].in_flight == 0
