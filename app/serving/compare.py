@@ -112,7 +112,7 @@ async def compare(
     finally:
         for task in decodes.values():
             task.cancel()
-    if not any(r.result for r in rows):  # nothing to compare: say why, as /predict would
+    if rows and not any(r.result for r in rows):  # none answered: say why, as /predict would
         raise next(r.error for r in rows if r.error is not None)
     return Comparison(
         rows=list(rows), decodes=len(decodes), total_ms=(time.perf_counter() - start) * 1000
