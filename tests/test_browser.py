@@ -373,3 +373,133 @@ def test_page_sends_the_api_key(keyed_server, open_page, images_dir) -> None:
     page.reload()  # the key is remembered in this browser
     expect(page.get_by_label(re.compile(r"^Key"))).to_have_value("s3cret-key")
     assert not rec.external(), rec.external()
+
+
+# ---- why and which width: the saliency overlay and the comparison table ---------------
+
+HEAD = (260 / 512, 150 / 341)  # the cat's face in cat.bmp, as fractions of the image
+CARPET = (150 / 512, 310 / 341)  # its lower body on the red carpet: little saliency there
+
+
+def _alpha_at(page, fx: float, fy: float) -> int:
+    """Alpha of the saliency canvas at a point given as fractions of the image."""
+    return page.evaluate(
+        """([fx, fy]) => {
+            const c = document.getElementById("saliency-canvas");
+            const x = Math.floor(fx * c.width), y = Math.floor(fy * c.height);
+            return c.getContext("2d").getImageData(x, y, 1, 1).data[3];
+        }""",
+        [fx, fy],
+    )
+
+
+def test_page_shows_why_and_compares_every_variant(server, open_page, images_dir) -> None:
+    from playwright.sync_api import expect
+
+    catalog = server.get_json("/models")
+    page, rec = open_page(server.origin, "/", viewport={"width": 1280, "height": 1200})
+    toggle = page.get_by_label("Show why: saliency map")
+    expect(page.get_by_label("Model")).to_be_enabled()
+    expect(toggle).to_be_disabled()  # nothing to explain yet
+    page.locator("#file").set_input_files(images_dir / "cat.bmp")
+    expect(page.locator("#predictions li").first.locator(".label")).to_have_text(CAT)
+
+    # The overlay: drawn over the preview, hottest on the cat's face.
+    toggle.check()
+    canvas = page.locator("#saliency-canvas")
+    expect(canvas).to_be_visible()
+    note = page.locator("#saliency-note")
+    expect(note).to_contain_text("50 forward passes")
+    expect(note).to_contain_text(CAT)
+    box, img = canvas.bounding_box(), page.locator("#preview").bounding_box()
+    for k in ("x", "y", "width", "height"):
+        assert abs(box[k] - img[k]) <= 1, (k, box, img)
+    head, carpet = _alpha_at(page, *HEAD), _alpha_at(page, *CARPET)
+    assert head > carpet + 60, (head, carpet)
+    assert 90 <= _alpha_at(page, 0.01, 0.5) <= 115  # outside the model's crop: dimmed (0.4)
+    explains = [u for u in rec.requests if "/explain?" in u]
+    assert explains and explains[-1].endswith("/explain?topk=5&format=json"), explains
+
+    # The comparison: one row per loaded variant, cheapest first.
+    page.get_by_role("button", name="Compare variants").click()
+    rows = page.locator("#compare-rows tr")
+    expect(rows).to_have_count(len(catalog["models"]))
+    expect(page.locator("#compare-status")).to_contain_text(
+        f"{len(catalog['models'])} of {len(catalog['models'])} variants answered"
+    )
+    names = rows.evaluate_all("rs => rs.map(r => r.dataset.variant)")
+    assert sorted(names) == sorted(m["name"] for m in catalog["models"])
+    from app.weights import SPECS_BY_NAME
+
+    macs = [SPECS_BY_NAME[n].macs for n in names]
+    assert macs == sorted(macs), names
+    first_cells = rows.locator("td:nth-child(2)").all_inner_texts()
+    assert sum(bool(CAT.search(t)) for t in first_cells) >= len(first_cells) - 1, first_cells
+    accuracy = [float(t.split()[0]) for t in rows.locator("td:last-child").all_inner_texts()]
+    assert len(accuracy) == len(names) and all(30 < a < 80 for a in accuracy), accuracy
+    expect(page.locator("#compare-rows tr.current")).to_have_attribute(
+        "data-variant", catalog["default"]
+    )
+    page.wait_for_timeout(450)  # the bars finish growing
+    _shot(page, "page-explain.png", full_page=True)
+
+    toggle.uncheck()
+    expect(canvas).to_be_hidden()
+    _assert_clean(rec)
+    assert any(u.endswith("/predict/compare?topk=1") for u in rec.requests), rec.requests
+
+
+def test_comparison_and_overlay_fit_a_phone(server, open_page, images_dir) -> None:
+    from playwright.sync_api import expect
+
+    page, rec = open_page(
+        server.origin,
+        "/",
+        viewport={"width": 375, "height": 812},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    expect(page.get_by_label("Model")).to_be_enabled()
+    page.locator("#file").set_input_files(images_dir / "cat.bmp")
+    expect(page.locator("#predictions li").first.locator(".label")).to_have_text(CAT)
+    page.get_by_label("Show why: saliency map").check()
+    expect(page.locator("#saliency-canvas")).to_be_visible()
+    page.get_by_role("button", name="Compare variants").click()
+    expect(page.locator("#compare-rows tr")).to_have_count(
+        len(server.get_json("/models")["models"])
+    )
+    expect(page.locator("#compare-table th.wide-only").first).to_be_hidden()  # MACs, params
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    page.locator("#compare").scroll_into_view_if_needed()
+    _shot(page, "page-mobile-compare.png")
+    _assert_clean(rec)
+
+
+def test_overlay_waits_out_a_busy_variant(server, open_page, images_dir) -> None:
+    """While another explain holds the variant, /explain answers 503 + Retry-After; the
+    page says so, comes back when told to, and then draws the map."""
+    from playwright.sync_api import expect
+
+    from app.serving.explain import PLAN
+
+    service = server.server.config.app.state.service
+    page, rec = open_page(server.origin, "/")
+    expect(page.get_by_label("Model")).to_be_enabled()
+    page.locator("#file").set_input_files(images_dir / "cat.bmp")
+    expect(page.locator("#predictions li").first.locator(".label")).to_have_text(CAT)
+    busy = service.admit(service.resolve(), cost=PLAN.forwards, heavy=True)  # another explain
+    busy.__enter__()
+    release = threading.Timer(1.5, busy.__exit__, args=(None, None, None))
+    release.start()
+    try:
+        page.get_by_label("Show why: saliency map").check()
+        expect(page.locator("#saliency-note")).to_contain_text("busy; trying again")
+        expect(page.locator("#saliency-canvas")).to_be_visible()
+        expect(page.locator("#saliency-note")).to_contain_text("50 forward passes")
+    finally:
+        release.join()
+    assert not rec.external(), rec.external()
+    assert any("/explain?" in f and "HTTP 503" in f for f in rec.failures), rec.failures
+    assert [f for f in rec.failures if "HTTP 503" not in f] == []

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api.errors import install_error_handlers, send_error
+from app.api.explain_routes import router as explain_router
 from app.api.intake import UploadCounter, UploadGuardMiddleware, UploadLimits
 from app.api.middleware import BodyLimitMiddleware, FastRejectMiddleware, RequestIdMiddleware
 from app.api.routes import router
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         openapi_tags=[
             {"name": "classify", "description": "Upload images, get ImageNet classes."},
+            {"name": "explain", "description": "Which regions of the image an answer rests on."},
             {"name": "models", "description": "What is loaded."},
             {"name": "operations", "description": "Health, readiness, metrics."},
         ],
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(explain_router)
     from app.api.ui import install_ui
 
     install_ui(app)

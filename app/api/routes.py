@@ -368,6 +368,7 @@ async def models(service: ServiceDep) -> ModelsResponse:
             ModelOut(
                 **variant_out(v).model_dump(),
                 params=s.params,
+                macs=s.macs,
                 num_classes=s.num_classes,
                 quantized_source=s.quantized,
                 license=s.license,

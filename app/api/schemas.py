@@ -101,6 +101,11 @@ class SourceOut(BaseModel):
 
 class ModelOut(VariantOut):
     params: int = Field(examples=[2542856])
+    macs: int | None = Field(
+        None,
+        description="Multiply-accumulates per image, as published by the authors.",
+        examples=[56000000],
+    )
     num_classes: int = Field(examples=[1000])
     quantized_source: bool
     license: str
@@ -142,3 +147,73 @@ class ReadyResponse(BaseModel):
     degraded: list[str] = Field(
         default_factory=list, description="Variants not offered (e.g. failed golden check)."
     )
+
+
+# --- explain and compare ------------------------------------------------------------------
+class RegionOut(BaseModel):
+    """Where the saliency grid lies on the image, as fractions of its width and height (the
+    part the model sees after its crop; past 0-1 where the recipe pads)."""
+
+    left: float = Field(examples=[0.0625])
+    top: float = Field(examples=[0.0625])
+    right: float = Field(examples=[0.9375])
+    bottom: float = Field(examples=[0.9375])
+
+
+class SaliencyOut(BaseModel):
+    class_index: int = Field(description="The class explained.", examples=[285])
+    label: str = Field(examples=["Egyptian cat"])
+    score: float = Field(description="Its probability on the whole image.", examples=[0.53])
+    grid: int = Field(description="Cells per side of the map.", examples=[14])
+    patch: int = Field(description="Side of the occluding patch, in cells.", examples=[4])
+    stride: int = Field(description="Step of the patch, in cells.", examples=[2])
+    forwards: int = Field(description="Forward passes this explain cost.", examples=[50])
+    values: list[list[float]] = Field(
+        description="grid x grid, rows from the top: how much hiding each cell lowers the "
+        "score, divided by the largest drop (1 = most important; 0 = no drop)."
+    )
+    drops: list[list[float]] = Field(
+        description="grid x grid: the mean drop of the class probability when the cell is "
+        "hidden (negative: hiding it raised the score)."
+    )
+    region: RegionOut
+    image_width: int = Field(description="Width of the decoded image (JPEGs: maybe reduced).")
+    image_height: int
+
+
+class ExplainTimings(BaseModel):
+    decode_ms: float = Field(description="Decode, preprocess and build the occluded copies.")
+    inference_ms: float = Field(description="This request's share of the batches' forwards.")
+    total_ms: float = Field(description="Server time for this request.")
+
+
+class ExplainResponse(BaseModel):
+    request_id: str
+    variant: VariantOut
+    predictions: list[PredictionOut] = Field(description="Top-k on the whole image.")
+    saliency: SaliencyOut
+    timings: ExplainTimings
+
+
+class CompareItem(BaseModel):
+    variant: VariantOut
+    ok: bool
+    params: int = Field(examples=[2542856])
+    macs: int | None = Field(
+        description="Multiply-accumulates per image, as published by the authors.",
+        examples=[56000000],
+    )
+    accuracy: AccuracyOut | None = Field(description="ImageNet accuracy upstream reports.")
+    predictions: list[PredictionOut] | None = None
+    batch_size: int | None = None
+    timings: Timings | None = Field(
+        None, description="total_ms: from the request's start to this variant's answer."
+    )
+    error: BatchItemError | None = None
+
+
+class CompareResponse(BaseModel):
+    request_id: str
+    decodes: int = Field(description="Decodes done: one per distinct preprocessing.")
+    total_ms: float
+    results: list[CompareItem] = Field(description="One per loaded variant, in /models order.")

@@ -10,6 +10,7 @@ from app.imaging.preprocess import (
     draft_size,
     prepare,
     preprocess_image,
+    source_box,
     tf_preprocessing,
     torchvision_preprocessing,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "preprocess_image",
     "probe_jpeg",
     "sniff_format",
+    "source_box",
     "tf_preprocessing",
     "torchvision_preprocessing",
 ]

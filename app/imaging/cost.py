@@ -11,8 +11,9 @@ on the 2-core reference machine (``prepare()``, v3-small recipe; docs/deploy.md)
 * JPEG (draft decoding to 1/2-1/8 scale): 2.8 ms at 0.9 MP, 12 ms at 12 MP, 29 ms at 36 MP,
   38 ms at 50 MP: about 2 ms + 0.75 ms per full-size megapixel.
 * PNG (no draft: every pixel is inflated and resampled): 22-44 ms per megapixel; a 36 MP
-  flat PNG 0.7 s, a 36 MP photo 1.6 s. Other formats decode in full too and are costed
-  the same, which over-weighs BMP a little (it has no compression to undo).
+  flat PNG 0.7 s, a 36 MP photo 1.6 s. WebP, GIF and TIFF decode in full too and are
+  costed the same.
+* BMP has no compression to undo: ~1 ms + 5 ms per megapixel (resampling only).
 
 A header that cannot be read costs 1: decoding will refuse it at once.
 """
@@ -29,6 +30,8 @@ UNIT_MS = 4.0
 JPEG_BASE_MS = 2.0
 JPEG_MS_PER_MP = 0.75
 FULL_DECODE_MS_PER_MP = 25.0
+BMP_BASE_MS = 1.0
+BMP_MS_PER_MP = 5.0
 
 
 def estimate_ms(fmt: str, width: int, height: int) -> float:
@@ -36,6 +39,8 @@ def estimate_ms(fmt: str, width: int, height: int) -> float:
     mp = width * height / 1e6
     if fmt in ("JPEG", "MPO"):
         return JPEG_BASE_MS + JPEG_MS_PER_MP * mp
+    if fmt == "BMP":
+        return BMP_BASE_MS + BMP_MS_PER_MP * mp
     return FULL_DECODE_MS_PER_MP * mp
 
 

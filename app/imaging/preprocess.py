@@ -137,6 +137,27 @@ def _crop_offset(side: int, crop: int) -> int:
     return round((side - crop) / 2.0) if side >= crop else -((crop - side) // 2)
 
 
+def source_box(pre: Preprocessing, width: int, height: int) -> tuple[float, float, float, float]:
+    """The region of a ``width`` x ``height`` image that the recipe turns into the model
+    input, as (left, top, right, bottom) in image pixels (past the edges where the recipe
+    pads), so what is computed on the input can be drawn back onto the image."""
+    if pre.crop == "central_fraction":
+        fraction = min(pre.crop_fraction, 1.0)
+        left, top = int((width - width * fraction) / 2), int((height - height * fraction) / 2)
+        return float(left), float(top), float(width - left), float(height - top)
+    if pre.crop == "resize_center_crop":
+        size, resize = pre.size, pre.resize_size or pre.size
+        if width <= height:
+            rw, rh = resize, int(resize * height / width)
+        else:
+            rw, rh = int(resize * width / height), resize
+        sx, sy = width / rw, height / rh
+        # _crop_offset is negative where the recipe pads (resize_size < size)
+        left, top = _crop_offset(rw, size), _crop_offset(rh, size)
+        return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+    return 0.0, 0.0, float(width), float(height)
+
+
 def prepare(data: bytes, pre: Preprocessing, *, max_pixels: int) -> np.ndarray:
     """Upload bytes -> model-ready uint8 array, decoding JPEGs no larger than needed."""
     img = decode_image(data, max_pixels=max_pixels, draft_to=draft_size(pre))

@@ -59,6 +59,7 @@ class Admission:
         self.min_limit = min(min_limit, hard_limit)
         self.target_s = target_s
         self.in_flight: float = 0  # cost units of the admitted requests not yet answered
+        self.heavy_in_flight: float = 0  # of which heavy requests (explains) hold
         self._limit = float(self.cold_limit)
         self._latency: float | None = None
         self._window: list[float] = []
@@ -109,17 +110,40 @@ class Admission:
             variant=self.name,
         )
 
-    def enter(self, cost: float = 1.0) -> int:
-        """Admit one request of ``cost`` or raise ``Overloaded`` with a Retry-After; returns
-        the epoch to pass back to ``record`` with its latency."""
-        if self.full(cost):
-            raise self.overloaded(cost)
-        self.in_flight += cost
+    def charge(self, cost: float, *, heavy: bool = False) -> float:
+        """The units a request of ``cost`` holds. A heavy one (an explain, ``cost``
+        forwards) holds at most half the limit, so it fits an idle variant whatever its
+        size; an upload holds its decode cost (``app.imaging.cost``)."""
+        return min(cost, self._half()) if heavy else cost
+
+    def _half(self) -> int:
+        return max(1, self.limit() // 2)
+
+    def enter(self, charge: float = 1.0, *, heavy: bool = False) -> int:
+        """Admit one request holding ``charge`` (from ``charge()``) or raise ``Overloaded``
+        with a Retry-After; returns the epoch to pass back to ``record`` with its latency.
+
+        An upload always gets in while nothing else is in flight, however costly. Heavy
+        requests together hold at most half the limit, so a burst of them cannot starve
+        predicts."""
+        if heavy:
+            refused = self.in_flight + charge > self.limit() or (
+                self.heavy_in_flight + charge > self._half()
+            )
+        else:
+            refused = self.full(charge)
+        if refused:
+            raise self.overloaded(charge)
+        self.in_flight += charge
+        if heavy:
+            self.heavy_in_flight += charge
         if self.in_flight >= self.limit():
             self._pressed = True
         return self._epoch
 
-    def leave(self, cost: float = 1.0) -> None:
-        self.in_flight -= cost
+    def leave(self, charge: float = 1.0, *, heavy: bool = False) -> None:
+        self.in_flight -= charge
+        if heavy:
+            self.heavy_in_flight -= charge
         if self.in_flight < 1e-9:
             self.in_flight = 0

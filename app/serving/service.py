@@ -399,7 +399,9 @@ class ClassifierService:
         )
 
     @contextlib.contextmanager
-    def admit(self, target: LoadedVariant, *, cost: float = 1.0) -> Iterator[None]:
+    def admit(
+        self, target: LoadedVariant, *, cost: float = 1.0, heavy: bool = False
+    ) -> Iterator[None]:
         """Hold ``cost`` units of ``target``'s in-flight limit (an ordinary request is 1;
         ``app.imaging.cost`` weighs an upload), or raise ``Overloaded`` at once.
 
@@ -407,27 +409,31 @@ class ClassifierService:
         on it needs (a trickling upload would hold the slot for as long as its sender
         likes). A slot that ends in an answer reports its whole wall time to the limiter:
         under load the waits between stages (the event loop's backlog, the decode pool's
-        queue) are as real as the stages themselves."""
+        queue) are as real as the stages themselves. A ``heavy`` request (an explain,
+        ``cost`` forwards) holds at most half the limit, heavy ones together at most half
+        (``Admission.charge``), and its own long latency is not fed to the limiter, which
+        steers by predicts' latency."""
         admission = self.admission.get(target.name)
         if admission is None:
             yield
             return
+        charge = admission.charge(cost, heavy=heavy)
         try:
-            epoch = admission.enter(cost)
+            epoch = admission.enter(charge, heavy=heavy)
         except Overloaded:
             self.metrics.rejected.labels(target.name).inc()
-            self.metrics.shed_cost.labels(target.name).inc(cost)
+            self.metrics.shed_cost.labels(target.name).inc(charge)
             raise
         start, answered = time.monotonic(), False
         self.metrics.in_flight.labels(target.name).inc()
-        self.metrics.admitted_cost.labels(target.name).inc(cost)
+        self.metrics.admitted_cost.labels(target.name).inc(charge)
         try:
             yield
             answered = True
         finally:
-            admission.leave(cost)
+            admission.leave(charge, heavy=heavy)
             self.metrics.in_flight.labels(target.name).dec()
-            if answered:
+            if answered and not heavy:
                 admission.record(latency_s=time.monotonic() - start, epoch=epoch)
                 self.metrics.admission_limit.labels(target.name).set(admission.limit())
 

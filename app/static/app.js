@@ -1,5 +1,6 @@
 // The classify page: pick/drop/paste an image, choose a loaded variant, POST /predict.
-// Vanilla JS, no dependencies, no requests outside this origin.
+// why.js (loaded after this file, sharing its globals) adds the saliency map and the
+// comparison of every variant. Vanilla JS, no dependencies, no requests outside this origin.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +11,9 @@ const els = {
   model: $("model"), width: $("width"), apiKey: $("api-key"), auth: $("auth"),
   submit: $("submit"), status: $("status"), error: $("error"),
   predictions: $("predictions"), meta: $("meta"), serverState: $("server-state"),
+  saliency: $("saliency"), saliencyCanvas: $("saliency-canvas"), saliencyNote: $("saliency-note"),
+  compareRun: $("compare-run"), compareStatus: $("compare-status"),
+  compareTable: $("compare-table"), compareRows: $("compare-rows"),
 };
 const KEY_STORAGE = "mobilenet.apiKey";
 const MODEL_ORDER = ["v1", "v2", "v3", "v3-small", "v3-large"];
@@ -22,6 +26,9 @@ let catalog = null;   // GET /models
 let image = null;     // the File to classify
 let previewUrl = null;
 let busy = false;
+let imageSerial = 0;      // a new image invalidates what was computed for the old one
+let comparing = false;
+let shownVariant = "";    // the variant of the predictions on screen
 
 const pct = (x, digits = 1) => `${(x * 100).toFixed(digits)} %`;
 const alpha = (w) => (Number.isInteger(w) ? w.toFixed(1) : String(w));
@@ -104,6 +111,9 @@ function useFile(file) {
   els.noPreview.hidden = true;
   els.drop.dataset.empty = "false";
   els.fileName.textContent = `${file.name || "pasted image"} · ${bytes(file.size)}`;
+  imageSerial += 1;
+  clearSaliency();
+  clearComparison();
   updateSubmit();
   if (catalog) classify();
 }
@@ -143,6 +153,21 @@ document.addEventListener("paste", (e) => {
 
 function updateSubmit() {
   els.submit.disabled = busy || !image || !catalog;
+  els.saliency.disabled = !image || !catalog;
+  els.compareRun.disabled = comparing || !image || !catalog;
+}
+
+function requestHeaders() {
+  const headers = { Accept: "application/json" };
+  const key = els.apiKey.value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+function imageForm() {
+  const body = new FormData();
+  body.append("file", image, image.name || "image");
+  return body;
 }
 
 async function errorMessage(res) {
@@ -153,7 +178,7 @@ async function errorMessage(res) {
   return `HTTP ${res.status} ${res.statusText}`.trim();
 }
 
-function predictUrl() {
+function variantParams() {
   const params = new URLSearchParams({ topk: "5" });
   if (els.model.value) params.set("model", els.model.value);
   if (els.width.value) {
@@ -161,7 +186,11 @@ function predictUrl() {
     params.set("width", width);
     params.set("resolution", resolution);
   }
-  return `/predict?${params}`;
+  return params;
+}
+
+function predictUrl() {
+  return `/predict?${variantParams()}`;
 }
 
 async function classify() {
@@ -171,14 +200,12 @@ async function classify() {
   els.error.hidden = true;
   els.form.setAttribute("aria-busy", "true");
   els.status.textContent = "Classifying…";
-  const body = new FormData();
-  body.append("file", image, image.name || "image");
-  const headers = { Accept: "application/json" };
-  const key = els.apiKey.value.trim();
-  if (key) headers.Authorization = `Bearer ${key}`;
+  if (els.saliency.checked) explain();
   const started = performance.now();
   try {
-    const res = await fetch(predictUrl(), { method: "POST", body, headers });
+    const res = await fetch(predictUrl(), {
+      method: "POST", body: imageForm(), headers: requestHeaders(),
+    });
     const roundTrip = performance.now() - started;
     if (!res.ok) {
       if (res.status === 401) els.auth.open = true;
@@ -226,6 +253,8 @@ function show(result, roundTrip) {
   $("meta-batch").textContent = `${result.batch_size} image${result.batch_size === 1 ? "" : "s"}`;
   $("meta-request").textContent = result.request_id;
   els.meta.hidden = false;
+  shownVariant = v.name;
+  markCurrentRow();
   const best = result.predictions[0];
   els.status.textContent = best ? `Most likely: ${best.label} (${pct(best.score)}).` : "No result.";
   revealResults();

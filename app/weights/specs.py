@@ -62,6 +62,7 @@ class VariantSpec:
     params: int
     license: str
     accuracy: Accuracy | None = None
+    macs: int | None = None  # multiply-accumulates per image, as upstream publishes them
     num_classes: int = 1000
     upstream_classes: int = 1000
     labels: str = "imagenet-1k"
@@ -89,6 +90,7 @@ def _tf(
     params: int,
     license: str,
     accuracy: Accuracy,
+    macs: int,
     input_scale: float = 1 / 128,
     notes: str = "",
 ) -> VariantSpec:
@@ -102,6 +104,7 @@ def _tf(
         params=params,
         license=license,
         accuracy=accuracy,
+        macs=macs,
         preprocessing=tf_preprocessing(res, input_scale=input_scale, input_zero_point=128),
         upstream_classes=1001,
         quantized=True,
@@ -109,7 +112,9 @@ def _tf(
     )
 
 
-def _tv(arch: Arch, filename: str, *, params: int, top1: float, top5: float) -> VariantSpec:
+def _tv(
+    arch: Arch, filename: str, *, params: int, macs: int, top1: float, top5: float
+) -> VariantSpec:
     """A torchvision IMAGENET1K_V1 checkpoint: its name carries the sha256 prefix."""
     prefix = filename.rsplit("-", 1)[1].removesuffix(".pth")
     return VariantSpec(
@@ -119,6 +124,7 @@ def _tv(arch: Arch, filename: str, *, params: int, top1: float, top5: float) -> 
         resolution=224,
         origin="torchvision",
         params=params,
+        macs=macs,
         license=TV_LICENSE,
         preprocessing=torchvision_preprocessing(224, resize_size=256),
         sources=(SourceFile(filename=filename, url=f"{TORCHVISION}/{filename}", sha256=prefix),),
@@ -144,12 +150,30 @@ _V1_NOTE = (
     "class dropped (1001 -> 1000)."
 )
 
+# Multiply-accumulates per image at the variant's resolution, as the authors publish them
+# (the compare route shows them next to latency and accuracy: the cost side of the curve).
+# V1: TF-slim research/slim/nets/mobilenet_v1.md, "Million MACs" column (paper Table 6/7
+# agree: 569 M for 1.0-224). V2: TF-slim research/slim/nets/mobilenet/README.md, 300 M for
+# 1.0-224 (paper Table 4: 300 M). V3: the paper (Howard et al. 2019, arXiv 1905.02244)
+# Table 3: Large 1.0 219 M, Small 1.0 56 M MAdds (TF-slim's README lists 217 M and 66 M).
+_V1_MACS = {
+    (1.0, 224): 569_000_000,
+    (0.75, 224): 317_000_000,
+    (0.75, 192): 233_000_000,
+    (0.5, 160): 77_000_000,
+    (0.25, 128): 14_000_000,
+}
+_V2_MACS = 300_000_000
+_V3_SMALL_MACS = 56_000_000
+_V3_LARGE_MACS = 219_000_000
+
 SPECS: tuple[VariantSpec, ...] = (
     _tf(
         "v1",
         0.25,
         128,
         params=470_072,
+        macs=_V1_MACS[(0.25, 128)],
         license=CORAL_LICENSE,
         notes=_V1_NOTE,
         sources=(
@@ -165,6 +189,7 @@ SPECS: tuple[VariantSpec, ...] = (
         0.5,
         160,
         params=1_331_592,
+        macs=_V1_MACS[(0.5, 160)],
         license=CORAL_LICENSE,
         notes=_V1_NOTE,
         sources=(
@@ -180,6 +205,7 @@ SPECS: tuple[VariantSpec, ...] = (
         0.75,
         192,
         params=2_585_560,
+        macs=_V1_MACS[(0.75, 192)],
         license=CORAL_LICENSE,
         notes=_V1_NOTE,
         sources=(
@@ -195,6 +221,7 @@ SPECS: tuple[VariantSpec, ...] = (
         0.75,
         224,
         params=2_585_560,
+        macs=_V1_MACS[(0.75, 224)],
         license=ATU_LICENSE,
         notes=_V1_NOTE,
         sources=(
@@ -211,6 +238,7 @@ SPECS: tuple[VariantSpec, ...] = (
         1.0,
         224,
         params=4_231_976,
+        macs=_V1_MACS[(1.0, 224)],
         license=CORAL_LICENSE,
         notes=_V1_NOTE + " Upstream ships it as two files: feature extractor + logits head.",
         sources=(
@@ -233,6 +261,7 @@ SPECS: tuple[VariantSpec, ...] = (
         1.0,
         224,
         params=3_504_872,
+        macs=_V2_MACS,
         license=CORAL_LICENSE,
         notes="Quantization-aware uint8 TF Lite release; background class dropped.",
         sources=(
@@ -248,6 +277,7 @@ SPECS: tuple[VariantSpec, ...] = (
         1.0,
         224,
         params=2_542_856,
+        macs=_V3_SMALL_MACS,
         license=ATU_LICENSE,
         input_scale=1 / 127,
         notes="Official MobileNetV3-Small 1.0 uint8 release; background class dropped.",
@@ -260,9 +290,30 @@ SPECS: tuple[VariantSpec, ...] = (
         ),
         accuracy=Accuracy(top1=64.9, top5=None, source="TF-slim mobilenet/README.md (8-bit)"),
     ),
-    _tv("v2", "mobilenet_v2-b0353104.pth", params=3_504_872, top1=71.878, top5=90.286),
-    _tv("v3-small", "mobilenet_v3_small-047dcff4.pth", params=2_542_856, top1=67.668, top5=87.402),
-    _tv("v3-large", "mobilenet_v3_large-8738ca79.pth", params=5_483_032, top1=74.042, top5=91.340),
+    _tv(
+        "v2",
+        "mobilenet_v2-b0353104.pth",
+        params=3_504_872,
+        macs=_V2_MACS,
+        top1=71.878,
+        top5=90.286,
+    ),
+    _tv(
+        "v3-small",
+        "mobilenet_v3_small-047dcff4.pth",
+        params=2_542_856,
+        macs=_V3_SMALL_MACS,
+        top1=67.668,
+        top5=87.402,
+    ),
+    _tv(
+        "v3-large",
+        "mobilenet_v3_large-8738ca79.pth",
+        params=5_483_032,
+        macs=_V3_LARGE_MACS,
+        top1=74.042,
+        top5=91.340,
+    ),
 )
 
 SPECS_BY_NAME: dict[str, VariantSpec] = {s.name: s for s in SPECS}
