@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from app.imaging.cost import decode_cost
+from app.imaging.cost import decode_cost, image_size
 
 
 def _encode(size: tuple[int, int], fmt: str) -> bytes:
@@ -51,3 +51,20 @@ def test_the_header_is_read_not_the_pixels(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_pixels)
     assert decode_cost(png) == pytest.approx(225)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size"),
+    [("JPEG", (6000, 4000)), ("PNG", (123, 4567)), ("GIF", (300, 200)), ("BMP", (512, 341))],
+)
+def test_header_sizes_match_pillow(fmt: str, size: tuple[int, int]) -> None:
+    data = _encode(size, fmt)
+    assert image_size(data, fmt) == Image.open(io.BytesIO(data)).size == size
+
+
+def test_jpeg_size_past_exif_and_progressive(images_dir: Path) -> None:
+    img = Image.open(images_dir / "cat_720p.jpg")
+    for params in ({"exif": b"Exif\x00\x00" + b"\x00" * 40000}, {"progressive": True}):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **params)
+        assert image_size(buf.getvalue(), "JPEG") == img.size

@@ -39,8 +39,14 @@ class LoadedVariant:
 class Registry:
     """The loaded variants and the rules that pick one for a request."""
 
+    CACHE_MAX = 256  # distinct selectors remembered (a client inventing names gets none)
+
     def __init__(self, variants: Iterable[LoadedVariant]) -> None:
         self.variants: dict[str, LoadedVariant] = {v.name: v for v in variants}
+        # Every request resolves its selector, twice (the fast-reject middleware, then the
+        # route): a hit is a dict lookup instead of the selector's parsing and ranking.
+        self._cache: dict[tuple, LoadedVariant] = {}
+        self._cached_for: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.variants)
@@ -82,16 +88,35 @@ class Registry:
     ) -> LoadedVariant:
         """The variant a request's query parameters mean; ``UnknownModel`` (404) when it
         is not loaded, ``ConflictingParameters`` (422) when they disagree."""
-        return selector.select(
-            list(self),
-            model=model,
-            width=width,
-            resolution=resolution,
-            variant=variant,
-            fallback=fallback,
+        key = (model, width, resolution, variant, fallback)
+        return self._cached(key) or self._remember(
+            key,
+            selector.select(
+                list(self),
+                model=model,
+                width=width,
+                resolution=resolution,
+                variant=variant,
+                fallback=fallback,
+            ),
         )
 
     def resolve_name(self, name: str, *, fallback: str | None = None) -> LoadedVariant:
         """One string that may be a variant name, a release name or a model spelling
         (any case): what ``/v2/models/{name}`` and friends put in the path."""
-        return selector.select(list(self), name=name, fallback=fallback)
+        key = ("name", name, fallback)
+        return self._cached(key) or self._remember(
+            key, selector.select(list(self), name=name, fallback=fallback)
+        )
+
+    def _cached(self, key: tuple) -> LoadedVariant | None:
+        loaded = tuple(self.variants)
+        if loaded != self._cached_for:  # a variant was dropped (golden check) or added
+            self._cache, self._cached_for = {}, loaded
+        return self._cache.get(key)
+
+    def _remember(self, key: tuple, found: LoadedVariant) -> LoadedVariant:
+        """Only answers are kept (errors are rare, and each says something of its own)."""
+        if len(self._cache) < self.CACHE_MAX:
+            self._cache[key] = found
+        return found

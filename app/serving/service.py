@@ -117,14 +117,21 @@ class ClassifierService:
         nice = settings.worker_nice
         # Both shared stages serve the variants fairly (one lane each, weighed by cost),
         # so a variant flooded with heavy work cannot make the others wait behind it.
-        decode_wait = self.metrics.latency.labels
+        waits: dict[str, object] = {}  # lane -> its histogram child, looked up once
+
+        def decode_wait(lane: str, seconds: float) -> None:
+            child = waits.get(lane)
+            if child is None:
+                child = waits[lane] = self.metrics.latency.labels("decode_wait", lane)
+            child.observe(seconds)
+
         activity = LaneActivity()  # a variant busy in either pool counts in both
         self.decode_pool = FairExecutor(
             settings.decode_threads,
             name="decode",
             initializer=lower_thread_priority,
             initargs=(nice,),
-            on_wait=lambda lane, s: decode_wait("decode_wait", lane).observe(s),
+            on_wait=decode_wait,
             activity=activity,
         )
         # One inference thread for all variants: models never compete for the cores.
