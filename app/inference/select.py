@@ -15,8 +15,8 @@ from app.errors import WeightsError
 from app.inference import litert_backend
 from app.inference.base import Backend
 from app.weights import store
-from app.weights.fetch import torch_available
 from app.weights.specs import VariantSpec
+from app.weights.store import torch_available
 
 BackendName = Literal["auto", "torch", "litert", "onnx"]
 

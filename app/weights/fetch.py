@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
 import io
 import logging
 import sys
@@ -27,6 +26,7 @@ import httpx
 from app.errors import WeightsError
 from app.weights import store
 from app.weights.specs import SPECS, SPECS_BY_NAME, SourceFile, VariantSpec
+from app.weights.store import torch_available
 
 if TYPE_CHECKING:  # torch is optional (the `torch` extra); imported only to convert
     import torch
@@ -175,14 +175,6 @@ def obtain(
         data = download(source.url, progress=progress, client=client)
     _check_sha256(data, source, where)
     return data, where
-
-
-def torch_available() -> bool:
-    """Whether the torch extra is installed (checked without importing torch)."""
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):  # blocked or half-installed: as good as absent
-        return False
 
 
 def convert(spec: VariantSpec, files: list[bytes]) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -25,6 +26,15 @@ if TYPE_CHECKING:  # torch is optional (the `torch` extra): imported only where 
     from torch import nn
 
 TORCH_EXTRA_HINT = "pip install 'mobilenet-serve[torch]'"
+
+
+def torch_available() -> bool:
+    """Whether the torch extra is installed (checked without importing torch)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # blocked or half-installed: as good as absent
+        return False
+
 
 MANIFEST = "manifest.json"
 SOURCES = "sources"
