@@ -232,6 +232,25 @@ def test_image_is_lean_non_root_and_checks_readiness(engine: Engine, cpu_image: 
     assert probe.stdout.strip() == "[]", probe.stdout
 
 
+def test_weights_step_takes_the_mirror_context_like_current_docker_passes_it(
+    engine: Engine, cpu_image: str, mirror_dir: Path
+) -> None:
+    """``--build-context mirror=DIR`` (current Docker) bind-mounts DIR at /mirror in the
+    weights stage; this BuildKit cannot pass one, so the same script runs in the image
+    with DIR mounted there: it must take the files from it, offline."""
+    script = REPO / "deploy" / "docker" / "fetch-weights.sh"
+    out = engine.run(
+        "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
+        "-v", f"{mirror_dir}:/mirror:ro", "-v", f"{script}:/fetch-weights:ro",
+        "-e", "WEIGHTS=default", "-e", "MOBILENET_WEIGHTS_DIR=/tmp/w", "--entrypoint", "sh",
+        cpu_image, "-c", "sh /fetch-weights && mobilenet-serve weights verify --dir /tmp/w",
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert "mirror build context first" in text, text
+    verified = re.findall(r"^(\S+)\s+ok$", out.stdout, re.M)
+    assert len(verified) == 7 and "FAILED" not in out.stdout, text
+
+
 def test_container_as_10001_read_only_serves_and_refuses_like_outside(
     engine: Engine, cpu_image: str, images_dir: Path, make_client: Any
 ) -> None:
