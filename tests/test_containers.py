@@ -39,7 +39,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tests.docker_harness import (
     REPO,
@@ -51,6 +50,7 @@ from tests.docker_harness import (
     serve_directory,
     standin_image,
 )
+from tests.k8s_spec import docker_args_for, k8s_container, probe_until, quantity
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -62,7 +62,6 @@ GRACE_S = 30  # the image's MOBILENET_SHUTDOWN_GRACE_S
 # A request started this long before SIGTERM has surely been taken by the server (as in
 # tests/test_shutdown.py; here the signal goes through `docker stop`, later still).
 ADMITTED_MARGIN_S = 0.4
-K8S_DEPLOYMENT = REPO / "deploy" / "k8s" / "deployment.yaml"
 MEASURED: dict[str, str] = {}  # written to test-output/containers.json at the end
 MEASURED_FILE = REPO / "test-output" / "containers.json"
 
@@ -428,83 +427,8 @@ def _prometheus_targets(port: int, *, up: int, timeout_s: float = 90) -> list[di
 
 
 # --------------------------------------------------------------------------- kubernetes
-def _k8s_container() -> tuple[dict, dict]:
-    docs = [d for d in yaml.safe_load_all(K8S_DEPLOYMENT.read_text()) if d]
-    dep = next(d for d in docs if d["kind"] == "Deployment")
-    pod = dep["spec"]["template"]["spec"]
-    return pod, pod["containers"][0]
-
-
-def _quantity(value: str | int) -> float:
-    """Kubernetes quantities: '2', '500m', '2Gi', '256Mi' -> a number (bytes or cores)."""
-    text = str(value)
-    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
-    for suffix, mult in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * mult
-    return float(text)
-
-
-def docker_args_for(pod: dict, c: dict) -> tuple[list[str], dict[str, Any]]:
-    """The ``docker run`` flags that give the container what the pod spec gives it."""
-    args: list[str] = []
-    limits = c["resources"]["limits"]
-    for env in c.get("env", []):
-        if "value" in env:
-            args += ["-e", f"{env['name']}={env['value']}"]
-            continue
-        ref = env["valueFrom"]
-        if "resourceFieldRef" in ref:  # limits.cpu with divisor 1: rounded up
-            field = ref["resourceFieldRef"]["resource"].split(".", 1)[1]
-            divisor = _quantity(ref["resourceFieldRef"].get("divisor", "1"))
-            args += ["-e", f"{env['name']}={math.ceil(_quantity(limits[field]) / divisor)}"]
-        elif "secretKeyRef" in ref:
-            assert ref["secretKeyRef"].get("optional"), f"{env['name']}: a required secret"
-            # optional and absent in this test: the variable is not set at all
-    pod_sc, sc = pod.get("securityContext", {}), c.get("securityContext", {})
-    user = sc.get("runAsUser", pod_sc.get("runAsUser"))
-    group = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
-    args += ["--user", f"{user}:{group}"]
-    if "fsGroup" in pod_sc:
-        args += ["--group-add", str(pod_sc["fsGroup"])]
-    if sc.get("readOnlyRootFilesystem"):
-        args.append("--read-only")
-    if sc.get("allowPrivilegeEscalation") is False:
-        args += ["--security-opt", "no-new-privileges"]
-    for cap in sc.get("capabilities", {}).get("drop", []):
-        args += ["--cap-drop", cap]
-    volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    for mount in c.get("volumeMounts", []):
-        vol = volumes[mount["name"]]
-        assert "emptyDir" in vol, f"{mount['name']}: only emptyDir volumes are run here"
-        size = int(_quantity(vol["emptyDir"].get("sizeLimit", "64Mi")))
-        args += ["--tmpfs", f"{mount['mountPath']}:rw,size={size},mode=1777"]
-    args += [
-        "--cpus",
-        str(_quantity(limits["cpu"])),
-        "--memory",
-        str(int(_quantity(limits["memory"]))),
-    ]
-    facts = {"user": user, "run_as_non_root": sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))}
-    return args, facts
-
-
-def _probe_until(url: str, probe: dict, *, budget_s: float) -> float:
-    """Run an httpGet probe as the kubelet would; returns seconds until it passed."""
-    path, period = probe["httpGet"]["path"], probe.get("periodSeconds", 10)
-    timeout, failures = probe.get("timeoutSeconds", 1), probe.get("failureThreshold", 3)
-    t0, failed = time.monotonic(), 0
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if 200 <= httpx.get(f"{url}{path}", timeout=timeout).status_code < 400:
-                return time.monotonic() - t0
-        failed += 1
-        assert failed < failures and time.monotonic() - t0 < budget_s, f"{path} probe failed"
-        time.sleep(min(period, 1.0))  # poll faster than the kubelet; same failure budget
-
-
 def test_k8s_container_spec_runs_under_docker(engine: Engine, cpu_image: str) -> None:
-    pod, c = _k8s_container()
+    pod, c = k8s_container()
     assert c["image"] == cpu_image
     args, facts = docker_args_for(pod, c)
     assert facts["run_as_non_root"] and facts["user"] != 0
@@ -522,15 +446,15 @@ def test_k8s_container_spec_runs_under_docker(engine: Engine, cpu_image: str) ->
         startup = c["startupProbe"]
         budget = startup["periodSeconds"] * startup["failureThreshold"]
         MEASURED["k8s spec under docker: startupProbe passed after"] = (
-            f"{_probe_until(url, startup, budget_s=budget):.1f} s"
+            f"{probe_until(url, startup, budget_s=budget):.1f} s"
         )
-        _probe_until(url, c["readinessProbe"], budget_s=120)
-        _probe_until(url, c["livenessProbe"], budget_s=60)
+        probe_until(url, c["readinessProbe"], budget_s=120)
+        probe_until(url, c["livenessProbe"], budget_s=60)
         host = engine.inspect(name)["HostConfig"]
         assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
-        assert host["NanoCpus"] == int(_quantity(c["resources"]["limits"]["cpu"]) * 1e9)
+        assert host["NanoCpus"] == int(quantity(c["resources"]["limits"]["cpu"]) * 1e9)
         threads = engine.run("exec", name, "printenv", "MOBILENET_THREADS").stdout.strip()
-        assert threads == str(math.ceil(_quantity(c["resources"]["limits"]["cpu"])))
+        assert threads == str(math.ceil(quantity(c["resources"]["limits"]["cpu"])))
         pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
         assert engine.run("exec", name, *pre_stop, timeout=60).returncode == 0
         grace = pod["terminationGracePeriodSeconds"]
