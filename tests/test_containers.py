@@ -231,6 +231,18 @@ def test_image_is_lean_non_root_and_checks_readiness(engine: Engine, cpu_image: 
     assert probe.stdout.strip() == "[]", probe.stdout
 
 
+@pytest.mark.parametrize("setting", ["MOBILENET_BACKEND=torch", "MOBILENET_DEVICE=cuda"])
+def test_asking_the_lean_image_for_torch_fails_at_start_naming_the_extra(
+    engine: Engine, cpu_image: str, setting: str
+) -> None:
+    out = engine.run(
+        "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
+        "-e", setting, cpu_image, check=False, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "pip install 'mobilenet-serve[torch]'" in out.stdout + out.stderr, out.stderr[-3000:]
+
+
 def test_weights_step_takes_the_mirror_context_like_current_docker_passes_it(
     engine: Engine, cpu_image: str, mirror_dir: Path
 ) -> None:
