@@ -50,25 +50,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_weights(args: argparse.Namespace) -> int:
     from app.errors import WeightsError
     from app.weights import SPECS, default_variants, fetch_variants, resolve_variants
-    from app.weights.store import is_current, read_manifest
+    from app.weights.fetch import torch_available
+    from app.weights.store import TORCH_EXTRA_HINT, is_current, read_manifest
 
     settings = _settings(weights_dir=args.dir, weights_mirror=args.mirror)
     weights_dir, mirror = Path(settings.weights_dir), settings.weights_mirror
     if args.action == "list":
         print(f"{'variant':30s} {'origin':12s} {'params':>10s} {'top-1':>6s}  status")
         for s in SPECS:
-            status = "present" if is_current(weights_dir, s) else "missing"
+            status = (
+                "present"
+                if is_current(weights_dir, s)
+                else "present (LiteRT only)"
+                if is_current(weights_dir, s, converted=False)
+                else "missing"
+            )
             acc = f"{s.accuracy.top1:.1f}" if s.accuracy else "-"
             print(f"{s.name:30s} {s.origin:12s} {s.params:>10,d} {acc:>6s}  {status}")
         return 0
     if args.action == "verify":
         entries = read_manifest(weights_dir)["variants"]
-        bad = [n for n in entries if not is_current(weights_dir, resolve_variants([n])[0])]
+        bad = [
+            n
+            for n in entries
+            if not is_current(weights_dir, resolve_variants([n])[0], converted=False)
+        ]
         for name in entries:
             print(f"{name:30s} {'FAILED' if name in bad else 'ok'}")
         return 1 if bad or not entries else 0
     try:
-        if args.all:
+        if args.all and not torch_available():  # a lean (LiteRT) install: all it can serve
+            specs = [s for s in SPECS if s.origin == "tflite"]
+            print(
+                "torch is not installed: fetching the TF-origin variants only (LiteRT); "
+                f"for the torchvision ones: {TORCH_EXTRA_HINT}",
+                file=sys.stderr,
+            )
+        elif args.all:
             specs = list(SPECS)
         elif args.variants:
             specs = resolve_variants(args.variants)
@@ -220,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("variants", nargs="*", help="variant names (see `weights list`)")
     p.add_argument("--all", action="store_true", help="every known variant")
     p.add_argument(
-        "--mirror", type=Path, help="directory of upstream files (default MOBILENET_WEIGHTS_MIRROR)"
+        "--mirror",
+        help="directory or http(s) base URL of upstream files (default MOBILENET_WEIGHTS_MIRROR)",
     )
     p.add_argument(
         "--dir", type=Path, help="weights directory (default MOBILENET_WEIGHTS_DIR or weights/)"

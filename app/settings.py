@@ -169,8 +169,10 @@ class Settings(BaseSettings):
 
     # --- weights ---
     weights_dir: Path = Field(Path("weights"), description="Converted weights and manifest.")
-    weights_mirror: Path | None = Field(
-        None, description="Directory holding upstream weight files (air-gapped installs)."
+    weights_mirror: Path | str | None = Field(
+        None,
+        description="Upstream weight files for air-gapped installs: a directory, or an "
+        "http(s) base URL (an internal artifact server); sha256 is checked either way.",
     )
 
     # --- operations ---
@@ -180,6 +182,14 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level.")
     shutdown_grace_s: float = Field(30.0, ge=0, description="Drain time on SIGTERM.")
     warmup: bool = Field(True, description="Run warm-up passes and the golden-image check.")
+
+    @field_validator("weights_mirror", mode="before")
+    @classmethod
+    def _mirror_dir_or_url(cls, value: object) -> object:
+        """Keep an http(s) URL as text (a Path would fold its ``//``); else a directory."""
+        if isinstance(value, str) and not value.startswith(("http://", "https://")):
+            return Path(value) if value else None
+        return value
 
     @field_validator("variants", "cors_origins", mode="before")
     @classmethod

@@ -7,17 +7,61 @@ upstream file is kept (it is the reference model and the fastest on CPU), else t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from app.errors import WeightsError
 from app.inference import litert_backend
 from app.inference.base import Backend
-from app.inference.torch_backend import TorchBackend, resolve_device
 from app.weights import store
 from app.weights.specs import VariantSpec
+from app.weights.store import torch_available
 
 BackendName = Literal["auto", "torch", "litert", "onnx"]
+
+
+class TorchMissing(WeightsError):
+    """A setting or variant needs torch, which is an extra (``mobilenet-serve[torch]``)."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch is installed and a GPU is usable, else ``cpu``.
+
+    Without torch this never imports it: LiteRT serving on CPU needs none."""
+    if device == "cpu" or (device == "auto" and not torch_available()):
+        return "cpu"
+    if device.startswith("cuda") and not torch_available():
+        raise TorchMissing(
+            f"MOBILENET_DEVICE={device} runs on torch, which is not installed: "
+            f"{store.TORCH_EXTRA_HINT}"
+        )
+    from app.inference.torch_backend import resolve_device as torch_resolve_device
+
+    return torch_resolve_device(device)
+
+
+def check_torch_needs(
+    *, requested: BackendName, device: str, variants: Iterable[VariantSpec]
+) -> None:
+    """Fail at start-up, naming the extra, when what was asked for needs torch and torch
+    is not installed: the torch or ONNX backend, CUDA, or a torchvision-origin variant."""
+    if torch_available():
+        return
+    needs = []
+    if requested in ("torch", "onnx"):
+        needs.append(f"MOBILENET_BACKEND={requested}")
+    if device.startswith("cuda"):
+        needs.append(f"MOBILENET_DEVICE={device}")
+    tv = [s.name for s in variants if s.origin != "tflite"]
+    if tv:
+        needs.append(f"torchvision-origin variant(s) {', '.join(tv)}")
+    if needs:
+        raise TorchMissing(
+            f"{'; '.join(needs)} need(s) torch, which is not installed: "
+            f"{store.TORCH_EXTRA_HINT} (the LiteRT backend serves the TF-origin variants "
+            "on CPU without it)"
+        )
 
 
 def choose_backend(
@@ -56,7 +100,8 @@ def create_backend(
         paths = store.source_paths(weights_dir, spec)
         if spec.origin != "tflite" or paths is None:
             raise ValueError(f"{spec.name} has no TF Lite file for the LiteRT backend")
-        if not store.is_current(weights_dir, spec):  # never serve tampered files
+        # never serve tampered files (a converted file is not needed by LiteRT)
+        if not store.is_current(weights_dir, spec, converted=False):
             raise WeightsError(
                 f"{spec.name}: weights fail their sha256 check; re-run "
                 f"`mobilenet-serve weights fetch --force {spec.name}`",
@@ -68,11 +113,22 @@ def create_backend(
             drop_background=spec.upstream_classes == spec.num_classes + 1,
             exact_hard_swish=exact_hard_swish,
         )
+    if not torch_available():
+        raise TorchMissing(
+            f"{spec.name} needs the {name} backend, which runs on torch; torch is not "
+            f"installed: {store.TORCH_EXTRA_HINT}",
+            variant=spec.name,
+        )
+    import torch
+
+    torch.set_num_threads(threads)
     if name == "onnx":
         from app.inference.onnx_backend import OnnxBackend
 
         model = store.load_model(weights_dir, spec)
         return OnnxBackend(model, spec.preprocessing, threads=threads)
+    from app.inference.torch_backend import TorchBackend
+
     model = store.load_model(weights_dir, spec)
     buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b < max_batch_size]
     return TorchBackend(

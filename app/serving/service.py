@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from app.errors import NotReady, Overloaded, ServiceError, ShuttingDown, Weights
 from app.imaging import Preprocessing, prepare, probe_jpeg
 from app.imaging.cost import decode_cost
 from app.inference import create_backend
+from app.inference.select import check_torch_needs
 from app.observability.metrics import BatcherMetrics, Metrics, multiproc_dir, worker_problems
 from app.serving.admission import Admission
 from app.serving.registry import LoadedVariant, Registry
@@ -154,13 +156,19 @@ class ClassifierService:
                 f"unknown variant(s) {', '.join(unknown)} in MOBILENET_VARIANTS; "
                 f"known: {', '.join(SPECS_BY_NAME)}"
             )
+        # Asked-for torch paths fail start-up now, naming the extra, not variant by variant.
+        check_torch_needs(
+            requested=self.settings.backend,
+            device=self.settings.device,
+            variants=[SPECS_BY_NAME[n] for n in self.settings.variants or []],
+        )
         return wanted
 
     async def start(self) -> None:
-        """Load, warm and check every available variant; fail if none can serve."""
-        import torch
+        """Load, warm and check every available variant; fail if none can serve.
 
-        torch.set_num_threads(self.settings.threads)
+        torch is imported only by the backends that run on it (see app.inference.select):
+        TF-origin variants on LiteRT never load it."""
         weights_dir = Path(self.settings.weights_dir)
         names = self.variant_names()
         loaded: list[LoadedVariant] = []
@@ -471,8 +479,7 @@ def _cpu_fallback(
 
 def _is_oom(exc: BaseException) -> bool:
     """CUDA out-of-memory: the batcher splits the batch and retries the halves."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
+    torch = sys.modules.get("torch")  # never imported here: only torch backends raise it
+    if torch is None:
         return False
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()

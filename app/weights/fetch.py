@@ -1,10 +1,12 @@
-"""Fetch upstream weight files (HTTPS or a mirror directory), verify, convert, store.
+"""Fetch upstream weight files (HTTPS, a mirror directory or URL), verify, convert, store.
 
 ``fetch_variants`` is the Python API behind ``mobilenet-serve weights fetch``. For each
-variant: every upstream file comes from the mirror directory if it is there, else from
-its URL (streamed, with a progress bar); its sha256 is checked before anything is
-parsed; it is converted in memory to the family's state_dict; the result is written
-atomically. A variant already converted from the same sources is skipped.
+variant: every upstream file comes from the mirror (a directory, or an http(s) base URL
+such as an internal artifact server) if it holds the file, else from its URL (streamed,
+with a progress bar); its sha256 is checked before anything is parsed; it is converted
+in memory to the family's state_dict (only with torch installed: without it a TF-origin
+variant keeps just its verified upstream files, which is all LiteRT needs); the result
+is written atomically. A variant already converted from the same sources is skipped.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
-import torch
 
 from app.errors import WeightsError
-from app.models import build_model
 from app.weights import store
 from app.weights.specs import SPECS, SPECS_BY_NAME, SourceFile, VariantSpec
-from app.weights.tflite_import import TfliteGraph, tflite_state_dict
+from app.weights.store import torch_available
+
+if TYPE_CHECKING:  # torch is optional (the `torch` extra); imported only to convert
+    import torch
 
 log = logging.getLogger(__name__)
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
@@ -41,11 +44,39 @@ class FetchResult:
     message: str = ""
 
 
-def default_variants(mirror: Path | None) -> list[VariantSpec]:
+Mirror = Path | str  # a directory, or an http(s) base URL (an internal artifact server)
+
+
+def is_url(mirror: Mirror | None) -> bool:
+    return isinstance(mirror, str) and mirror.startswith(("http://", "https://"))
+
+
+def mirror_url(base: str, filename: str) -> str:
+    """``filename`` under the base URL (with or without its trailing slash)."""
+    return f"{base.rstrip('/')}/{filename}"
+
+
+def _mirror_holds(mirror: Mirror, filename: str, client: httpx.Client | None) -> bool:
+    if not is_url(mirror):
+        return (Path(mirror) / filename).is_file()
+    own = client is None
+    client = client or httpx.Client(follow_redirects=True, timeout=30.0)
+    try:
+        return client.head(mirror_url(str(mirror), filename)).status_code == 200
+    except httpx.HTTPError as exc:
+        raise WeightsError(f"weights mirror {mirror} cannot be reached: {exc!r}") from exc
+    finally:
+        if own:
+            client.close()
+
+
+def default_variants(
+    mirror: Mirror | None, *, client: httpx.Client | None = None
+) -> list[VariantSpec]:
     """With a mirror: the variants whose files it holds. Without: every variant."""
     if mirror is None:
         return list(SPECS)
-    return [s for s in SPECS if all((mirror / f.filename).is_file() for f in s.sources)]
+    return [s for s in SPECS if all(_mirror_holds(mirror, f.filename, client) for f in s.sources)]
 
 
 def resolve_variants(names: Iterable[str]) -> list[VariantSpec]:
@@ -77,7 +108,9 @@ def download(
     try:
         with client.stream("GET", url) as response:
             if response.status_code != 200:
-                raise WeightsError(f"HTTP {response.status_code} fetching {url}")
+                raise WeightsError(
+                    f"HTTP {response.status_code} fetching {url}", http_status=response.status_code
+                )
             expected = int(response.headers.get("content-length", 0)) or None
             bar = _progress_bar(url.rsplit("/", 1)[-1], expected) if progress else None
             for chunk in response.iter_bytes(1 << 16):
@@ -119,15 +152,25 @@ def _progress_bar(name: str, total: int | None):
 def obtain(
     source: SourceFile,
     *,
-    mirror: Path | None,
+    mirror: Mirror | None,
     progress: bool = True,
     client: httpx.Client | None = None,
 ) -> tuple[bytes, str]:
-    """The verified bytes of one upstream file and where they came from."""
-    if mirror is not None and (mirror / source.filename).is_file():
-        where = f"mirror:{mirror / source.filename}"
-        data = (mirror / source.filename).read_bytes()
-    else:
+    """The verified bytes of one upstream file and where they came from: the mirror
+    (directory or URL) if it holds the file, else upstream. Mirror or not, the sha256
+    is checked before anything is kept."""
+    data: bytes | None = None
+    if is_url(mirror):
+        url = mirror_url(str(mirror), source.filename)
+        try:
+            data, where = download(url, progress=progress, client=client), f"mirror:{url}"
+        except WeightsError as exc:
+            if exc.details.get("http_status") != 404:  # only "not there" falls through
+                raise
+    elif mirror is not None and (Path(mirror) / source.filename).is_file():
+        where = f"mirror:{Path(mirror) / source.filename}"
+        data = (Path(mirror) / source.filename).read_bytes()
+    if data is None:
         where = source.url
         data = download(source.url, progress=progress, client=client)
     _check_sha256(data, source, where)
@@ -136,6 +179,11 @@ def obtain(
 
 def convert(spec: VariantSpec, files: list[bytes]) -> dict[str, torch.Tensor]:
     """Upstream bytes -> a state_dict for ``build_model(spec.arch, origin=spec.origin)``."""
+    import torch
+
+    from app.models import build_model
+    from app.weights.tflite_import import TfliteGraph, tflite_state_dict
+
     model = build_model(
         spec.arch, width=spec.width, num_classes=spec.num_classes, origin=spec.origin
     )
@@ -178,20 +226,29 @@ def fetch_variant(
     spec: VariantSpec,
     *,
     weights_dir: Path,
-    mirror: Path | None,
+    mirror: Mirror | None,
     force: bool = False,
     progress: bool = True,
     client: httpx.Client | None = None,
 ) -> FetchResult:
-    """Fetch, verify, convert and store one variant (idempotent)."""
-    if not force and store.is_current(weights_dir, spec):
+    """Fetch, verify, convert and store one variant (idempotent).
+
+    Without torch installed, a TF-origin variant is kept as its verified upstream files
+    only (what the LiteRT backend runs); a torchvision-origin one cannot be fetched."""
+    with_torch = torch_available()
+    if not force and store.is_current(weights_dir, spec, converted=with_torch):
         return FetchResult(spec.name, "up-to-date")
+    if not with_torch and spec.origin != "tflite":
+        raise WeightsError(
+            f"{spec.name} is a torchvision checkpoint and needs torch: {store.TORCH_EXTRA_HINT}",
+            variant=spec.name,
+        )
     files, origins = [], []
     for source in spec.sources:
         data, where = obtain(source, mirror=mirror, progress=progress, client=client)
         files.append(data)
         origins.append(where)
-    state = convert(spec, files)
+    state = convert(spec, files) if with_torch else None
     if spec.origin == "tflite":
         for source, data in zip(spec.sources, files, strict=True):
             store.write_source(weights_dir, source.filename, data)
@@ -204,6 +261,9 @@ def fetch_variant(
         "converted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "license": spec.license,
     }
+    if state is None:
+        store.write_sources_entry(weights_dir, spec, entry=entry)
+        return FetchResult(spec.name, "fetched", ", ".join(origins) + " (LiteRT only: no torch)")
     store.write_variant(weights_dir, spec, state, entry=entry)
     return FetchResult(spec.name, "fetched", ", ".join(origins))
 
@@ -212,7 +272,7 @@ def fetch_variants(
     specs: Iterable[VariantSpec],
     *,
     weights_dir: Path,
-    mirror: Path | None,
+    mirror: Mirror | None,
     force: bool = False,
     progress: bool = True,
     on_result: Callable[[FetchResult], None] | None = None,

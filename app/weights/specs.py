@@ -10,10 +10,12 @@ an entry here (see docs/weights.md); no code changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from app.imaging.preprocess import Preprocessing, tf_preprocessing, torchvision_preprocessing
-from app.models.factory import Arch
+
+if TYPE_CHECKING:  # app.models imports torch; specs must not (LiteRT serving needs none)
+    from app.models.factory import Arch
 
 Origin = Literal["tflite", "torchvision"]
 

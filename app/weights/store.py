@@ -10,20 +10,31 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from app.errors import WeightsError
-from app.models import build_model
 from app.weights.specs import VariantSpec
+
+if TYPE_CHECKING:  # torch is optional (the `torch` extra): imported only where converting
+    import torch
+    from torch import nn
+
+TORCH_EXTRA_HINT = "pip install 'mobilenet-serve[torch]'"
+
+
+def torch_available() -> bool:
+    """Whether the torch extra is installed (checked without importing torch)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # blocked or half-installed: as good as absent
+        return False
+
 
 MANIFEST = "manifest.json"
 SOURCES = "sources"
@@ -85,6 +96,8 @@ def write_variant(
     weights_dir: Path, spec: VariantSpec, state: dict[str, torch.Tensor], *, entry: dict[str, Any]
 ) -> Path:
     """Atomically write one converted variant and record it in the manifest."""
+    from safetensors.torch import save_file
+
     final = weights_dir / spec.filename
     metadata = {
         "variant": spec.name,
@@ -126,15 +139,31 @@ def source_paths(weights_dir: Path, spec: VariantSpec) -> list[Path] | None:
     return paths if all(p.is_file() for p in paths) else None
 
 
-def is_current(weights_dir: Path, spec: VariantSpec) -> bool:
-    """True when the converted file exists, matches its manifest sha256 and its sources."""
+def write_sources_entry(weights_dir: Path, spec: VariantSpec, *, entry: dict[str, Any]) -> None:
+    """Record a TF-origin variant kept only as its verified upstream files (fetched
+    without torch): the LiteRT backend serves it; torch needs a later conversion."""
+    with _locked(weights_dir):
+        manifest = read_manifest(weights_dir)
+        manifest["format"] = FORMAT_VERSION
+        manifest["variants"][spec.name] = {**entry, "file": None, "sha256": None, "bytes": 0}
+        with atomic_path(weights_dir / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def is_current(weights_dir: Path, spec: VariantSpec, *, converted: bool = True) -> bool:
+    """True when the variant's manifest entry matches its sources and its files check out:
+    the converted file (unless ``converted`` is False: a TF-origin variant kept only as
+    its upstream files is current for LiteRT) and the kept upstream files."""
     entry = read_manifest(weights_dir)["variants"].get(spec.name)
-    path = weights_dir / spec.filename
-    if not entry or not path.exists():
+    if not entry:
         return False
     if [s["sha256"] for s in entry.get("sources", [])] != [s.sha256 for s in spec.sources]:
         return False
-    if sha256_file(path) != entry.get("sha256"):
+    if entry.get("file"):
+        path = weights_dir / spec.filename
+        if not path.exists() or sha256_file(path) != entry.get("sha256"):
+            return False
+    elif converted or spec.origin != "tflite":
         return False
     return spec.origin != "tflite" or sources_intact(weights_dir, spec)
 
@@ -148,15 +177,35 @@ def sources_intact(weights_dir: Path, spec: VariantSpec) -> bool:
 
 
 def present_variants(weights_dir: Path) -> list[str]:
-    """Names of variants with a converted file and a manifest entry."""
+    """Names of variants with a manifest entry and their files: the converted file, or
+    (fetched without torch) the kept upstream files of a TF-origin variant."""
     entries = read_manifest(weights_dir)["variants"]
-    return [name for name, e in entries.items() if (weights_dir / e.get("file", "")).exists()]
+    return [
+        name
+        for name, e in entries.items()
+        if (e.get("file") and (weights_dir / e["file"]).is_file())
+        or (not e.get("file") and _sources_present(weights_dir, e))
+    ]
+
+
+def _sources_present(weights_dir: Path, entry: dict[str, Any]) -> bool:
+    sources = entry.get("sources") or []
+    return bool(sources) and all(
+        (weights_dir / SOURCES / s.get("filename", "")).is_file() for s in sources
+    )
 
 
 def load_model(weights_dir: Path, spec: VariantSpec, *, verify: bool = True) -> nn.Module:
     """Build ``spec``'s architecture and load its verified weights (eval mode, CPU)."""
     path = weights_dir / spec.filename
     entry = read_manifest(weights_dir)["variants"].get(spec.name)
+    if entry is not None and not entry.get("file"):
+        raise WeightsError(
+            f"{spec.name} was fetched without torch (upstream files only, for LiteRT); "
+            f"for the torch backends: {TORCH_EXTRA_HINT}, then `mobilenet-serve weights "
+            f"fetch --force {spec.name}`",
+            variant=spec.name,
+        )
     if entry is None or not path.exists():
         raise WeightsError(
             f"weights for {spec.name} are missing from {weights_dir}; run "
@@ -172,6 +221,10 @@ def load_model(weights_dir: Path, spec: VariantSpec, *, verify: bool = True) -> 
                 f"--force {spec.name}`",
                 variant=spec.name,
             )
+    from safetensors.torch import load_file
+
+    from app.models import build_model
+
     model = build_model(
         spec.arch, width=spec.width, num_classes=spec.num_classes, origin=spec.origin
     )
