@@ -90,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(router)
+    from app.protocols import BODY_PREFIXES, install_protocols
+
+    install_protocols(app)  # before the UI, whose mount catches every other path
     from app.api.ui import install_ui
 
     install_ui(app)
@@ -101,7 +104,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_upload_bytes,
+        prefixes=("/predict", *BODY_PREFIXES),
+    )
     app.add_middleware(
         FastRejectMiddleware,
         service=lambda: getattr(app.state, "service", None),

@@ -37,6 +37,76 @@ STATUS_BY_CODE: dict[str, int] = {
     errors.WeightsError.code: 500,
     errors.ServiceError.code: 500,
 }
+# --- the other protocols' shapes (app/protocols): same domain codes, their conventions.
+# OIP v2 (KServe v2 / Triton), KServe v1 / TF Serving and TorchServe answer a bad request
+# with 400 (the image is one tensor element of the request, not the request's media type).
+PROTOCOL_STATUS_BY_CODE: dict[str, int] = {
+    **STATUS_BY_CODE,
+    errors.InvalidRequest.code: 400,
+    errors.UnsupportedMediaType.code: 400,
+    errors.CorruptImage.code: 400,
+    errors.ImageTooLarge.code: 400,
+}
+# TorchServe's ``{"code", "type", "message"}``: the exception type it names per status.
+TORCHSERVE_TYPE_BY_STATUS: dict[int, str] = {
+    400: "BadRequestException",
+    401: "InvalidKeyException",
+    404: "ModelNotFoundException",
+    405: "MethodNotAllowedException",
+    413: "RequestEntityTooLargeException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+    504: "RequestTimeoutException",
+}
+# gRPC status code names (grpc.StatusCode members), so this module never imports grpc.
+GRPC_STATUS_BY_CODE: dict[str, str] = {
+    errors.InvalidRequest.code: "INVALID_ARGUMENT",
+    errors.UnknownModel.code: "NOT_FOUND",
+    errors.Unauthorized.code: "UNAUTHENTICATED",
+    errors.UnsupportedMediaType.code: "INVALID_ARGUMENT",
+    errors.CorruptImage.code: "INVALID_ARGUMENT",
+    errors.PayloadTooLarge.code: "RESOURCE_EXHAUSTED",
+    errors.ImageTooLarge.code: "INVALID_ARGUMENT",
+    errors.Overloaded.code: "UNAVAILABLE",
+    errors.DeadlineExceeded.code: "DEADLINE_EXCEEDED",
+    errors.ShuttingDown.code: "UNAVAILABLE",
+    errors.NotReady.code: "UNAVAILABLE",
+    errors.InferenceFailed.code: "INTERNAL",
+    errors.WeightsError.code: "INTERNAL",
+    errors.ServiceError.code: "INTERNAL",
+}
+
+
+def protocol_status_for(exc: errors.ServiceError) -> int:
+    """HTTP status of a domain error on the OIP v2, KServe v1 and TorchServe routes."""
+    return PROTOCOL_STATUS_BY_CODE.get(exc.code, 500)
+
+
+def grpc_status_for(exc: errors.ServiceError) -> str:
+    """gRPC status code name of a domain error."""
+    return GRPC_STATUS_BY_CODE.get(exc.code, "INTERNAL")
+
+
+def protocol_headers(exc: errors.ServiceError) -> dict[str, str]:
+    """Retry-After / WWW-Authenticate, as on our own routes."""
+    if isinstance(exc, errors.Overloaded):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if isinstance(exc, errors.ShuttingDown | errors.NotReady):
+        return {"Retry-After": "1"}
+    if isinstance(exc, errors.Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def protocol_error_body(protocol: str, status: int, message: str) -> dict[str, object]:
+    """The error body each protocol's clients parse: ``{"error": msg}`` (OIP v2, KServe v1,
+    TF Serving) or ``{"code", "type", "message"}`` (TorchServe)."""
+    if protocol == "torchserve":
+        kind = TORCHSERVE_TYPE_BY_STATUS.get(status, "InternalServerException")
+        return {"code": status, "type": kind, "message": message}
+    return {"error": message}
+
+
 _CODE_BY_HTTP = {
     400: "invalid_request",
     404: "not_found",

@@ -71,6 +71,22 @@ class Registry:
             raise UnknownModel("no model is loaded")
         return max(self, key=_accuracy)
 
+    def resolve_name(self, name: str) -> LoadedVariant:
+        """A protocol's model name: a variant name or a model alias (case-insensitive).
+
+        Minimal version for the protocol adapters; the selector branch refines it."""
+        key = name.strip().lower()
+        by_lower = {n.lower(): v for n, v in self.variants.items()}
+        if key in by_lower:
+            return by_lower[key]
+        if key in MODEL_ALIASES:
+            return self.resolve(model=key)
+        raise UnknownModel(
+            f"unknown model {name!r}; use a variant name ({', '.join(sorted(self.variants))}) "
+            f"or a model name ({', '.join(self.loaded_models())})",
+            loaded=sorted(self.variants),
+        )
+
     def resolve(
         self,
         *,

@@ -1,0 +1,380 @@
+"""Open Inference Protocol v2 over HTTP/REST (KServe v2, NVIDIA Triton).
+
+Health, server and model metadata, readiness and ``infer``, with the classification and
+binary tensor data extensions. An ``infer`` body is JSON, or (binary extension) a JSON
+header of ``Inference-Header-Content-Length`` bytes followed by the tensors' raw bytes,
+in input order, for every input whose ``parameters.binary_data_size`` says so. Answers
+are JSON, or the same layout when an output asks for ``binary_data``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
+from app.errors import InvalidRequest
+from app.protocols import oip_v2
+from app.protocols.routing import protocol_route
+from app.protocols.tensors import (
+    DATATYPES,
+    array_from_json,
+    array_from_raw,
+    bytes_from_json,
+    deserialize_bytes,
+)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+Parameters = dict[str, bool | int | float | str]
+
+router = APIRouter(
+    prefix="/v2", tags=["OIP v2 (KServe v2, Triton)"], route_class=protocol_route("v2")
+)
+
+
+# --- the documented shapes (also what a request is validated against) ----------------------
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(examples=["IMAGE"])
+    shape: list[int] = Field(examples=[[1]])
+    datatype: str = Field(examples=["BYTES"], json_schema_extra={"enum": list(DATATYPES)})
+    parameters: Parameters | None = Field(
+        None, description="binary_data_size: the tensor's raw bytes follow the JSON header."
+    )
+    data: list[Any] | None = Field(
+        None, description="Row-major elements (BYTES: base64 strings); absent when binary."
+    )
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(examples=["PROBABILITIES"])
+    parameters: Parameters | None = Field(
+        None, description="classification: k (top-k strings); binary_data: true/false."
+    )
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    parameters: Parameters | None = Field(
+        None, description="timeout (microseconds); binary_data_output (bool)."
+    )
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str = Field(examples=["v3-small-1.0-224"])
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Error(BaseModel):
+    error: str = Field(examples=["unknown model 'v9'; use a variant name ..."])
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": V2Error, "description": description}
+
+
+MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: _err("Unknown model or version."),
+    503: _err("Still loading or shutting down."),
+}
+INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _err("Malformed request, wrong input, corrupt or unsupported image."),
+    401: _err("API key required (only when MOBILENET_API_KEY is set)."),
+    413: _err("Body over MOBILENET_MAX_UPLOAD_BYTES."),
+    500: _err("Inference failed for this request's batch."),
+    504: _err("The deadline (parameters.timeout, timeout_ms) passed before its batch ran."),
+    **MODEL_ERRORS,
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"Binary tensor data extension: a JSON InferenceRequest of "
+                f"{HEADER_LENGTH} bytes, then the raw tensors.",
+            },
+        },
+    }
+}
+BINARY_ANSWER = {
+    "application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"},
+        "description": f"When an output is binary: a JSON InferenceResponse of {HEADER_LENGTH} "
+        "bytes, then the raw output tensors.",
+    }
+}
+
+
+# --- health and metadata ------------------------------------------------------------------
+@router.get("", response_model=ServerMetadata, summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return oip_v2.server_metadata()
+
+
+@router.get("/health/live", response_model=Live, summary="Server liveness")
+async def live() -> Live:
+    return Live(live=True)
+
+
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    summary="Server readiness",
+    responses={503: {"model": Ready, "description": "Not ready (loading or draining)."}},
+)
+async def ready(service: ServiceDep) -> Response:
+    ok, _ = service.ready()
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get(
+    "/models/{name}", response_model=ModelMetadata, responses=MODEL_ERRORS, summary="Model metadata"
+)
+@router.get(
+    "/models/{name}/versions/{version}",
+    response_model=ModelMetadata,
+    responses=MODEL_ERRORS,
+    summary="Model metadata (a version)",
+)
+async def model_metadata(
+    request: Request, service: ServiceDep, name: str, version: str | None = None
+) -> dict[str, Any]:
+    target = oip_v2.resolve(service, name, version)
+    request.state.model = target.name
+    return oip_v2.model_metadata(target)
+
+
+@router.get(
+    "/models/{name}/ready", response_model=ModelReady, responses=MODEL_ERRORS, summary="Model ready"
+)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_model=ModelReady,
+    responses=MODEL_ERRORS,
+    summary="Model ready (a version)",
+)
+async def model_ready(
+    request: Request, service: ServiceDep, name: str, version: str | None = None
+) -> ModelReady:
+    target = oip_v2.resolve(service, name, version)
+    request.state.model = target.name
+    return ModelReady(name=target.name, ready=not target.batcher.stalled(threshold_s=30.0))
+
+
+# --- infer --------------------------------------------------------------------------------
+def _split_body(body: bytes, header_length: str | None) -> tuple[InferenceRequest, memoryview]:
+    if header_length is None:
+        json_part, rest = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= len(body):
+            raise InvalidRequest(
+                f"{HEADER_LENGTH} must be the JSON header's length in bytes (0-{len(body)}), "
+                f"got {header_length!r}"
+            )
+        json_part, rest = body[:n], body[n:]
+    try:
+        request = InferenceRequest.model_validate(orjson.loads(json_part))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the inference request is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidRequest(f"invalid inference request: {problems}") from None
+    return request, memoryview(rest)
+
+
+def _parse_input(
+    req: RequestInput, binary: memoryview, offset: int, target: Any, max_images: int
+) -> tuple[oip_v2.InputTensor, int]:
+    oip_v2.check_input_header(req.name, req.datatype, req.shape, target, max_images)
+    size = (req.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidRequest(f"input {req.name!r}: binary_data_size must be a byte count")
+        if offset + size > len(binary):
+            raise InvalidRequest(
+                f"input {req.name!r}: binary_data_size {size} runs past the end of the body "
+                f"({len(binary) - offset} bytes of tensor data left)"
+            )
+        raw = binary[offset : offset + size]
+        offset += size
+        if req.datatype == "BYTES":
+            data: list[bytes] | Any = deserialize_bytes(raw, name=req.name)
+            if len(data) != req.shape[0]:
+                raise InvalidRequest(
+                    f"input {req.name!r}: shape {req.shape} but {len(data)} BYTES elements"
+                )
+        else:
+            data = array_from_raw(raw, req.datatype, req.shape, name=req.name)
+    elif req.data is None:
+        raise InvalidRequest(f"input {req.name!r} has neither data nor binary_data_size")
+    elif req.datatype == "BYTES":
+        data = bytes_from_json(req.data, req.shape, name=req.name)
+    else:
+        data = array_from_json(req.data, req.datatype, req.shape, name=req.name)
+    return oip_v2.InputTensor(req.name, req.datatype, list(req.shape), data), offset
+
+
+def _bool_param(params: Parameters | None, key: str) -> bool | None:
+    value = (params or {}).get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"parameter {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _deadline(params: Parameters | None, default: float) -> float:
+    """``parameters.timeout`` (microseconds, as Triton's clients send it) can only shorten
+    the request's deadline."""
+    timeout = (params or {}).get("timeout")
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+        raise InvalidRequest(f"parameter 'timeout' must be microseconds (> 0), got {timeout!r}")
+    return min(default, time.monotonic() + timeout / 1e6)
+
+
+def _encode(request: InferenceRequest, target: Any, outputs: list[oip_v2.OutputTensor]) -> Response:
+    body: dict[str, Any] = {"model_name": target.name, "model_version": oip_v2.MODEL_VERSION}
+    if request.id is not None:
+        body["id"] = request.id
+    tensors, raw = [], []
+    for out in outputs:
+        tensor: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
+        if out.binary:
+            data = out.raw()
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            raw.append(data)
+        else:
+            tensor["data"] = out.json_data()
+        tensors.append(tensor)
+    body["outputs"] = tensors
+    header = orjson.dumps(body)
+    if not raw:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *raw]),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferenceResponse,
+    responses={**INFER_ERRORS, 200: {"content": BINARY_ANSWER}},
+    openapi_extra=INFER_BODY,
+    dependencies=[AuthDep],
+    summary="Infer",
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferenceResponse,
+    responses={**INFER_ERRORS, 200: {"content": BINARY_ANSWER}},
+    openapi_extra=INFER_BODY,
+    dependencies=[AuthDep],
+    summary="Infer (a version)",
+)
+async def infer(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    deadline: DeadlineDep,
+    name: str,
+    version: str | None = None,
+    inference_header_content_length: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """Classify a batch of images: `IMAGE` (BYTES [N]) or `PIXELS` (UINT8 [N, H, W, 3])."""
+    target = oip_v2.resolve(service, name, version)
+    request.state.model = target.name
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding not in ("", "identity"):
+        raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported; send identity")
+    body = await request.body()
+    req, binary = _split_body(body, inference_header_content_length)
+    oip_v2.check_inputs(req.inputs, target)
+    tensor, used = _parse_input(req.inputs[0], binary, 0, target, settings.max_batch_files)
+    if used != len(binary):
+        raise InvalidRequest(
+            f"{len(binary) - used} bytes of binary data follow the tensors the header describes"
+        )
+    default_binary = _bool_param(req.parameters, "binary_data_output") or False
+    wanted = []
+    for out in req.outputs or []:
+        params = out.parameters or {}
+        k = params.get("classification")
+        wanted.append(
+            oip_v2.OutputRequest(
+                out.name,
+                classification=None if k is None else oip_v2.classification_k(k),
+                binary=_bool_param(params, "binary_data"),
+            )
+        )
+    wanted = oip_v2.check_outputs(wanted)
+    outputs = await oip_v2.infer(
+        service, target, tensor, wanted, deadline=_deadline(req.parameters, deadline)
+    )
+    for out, want in zip(outputs, wanted, strict=True):
+        out.binary = default_binary if want.binary is None else want.binary
+    return _encode(req, target, outputs)
