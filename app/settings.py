@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     # --- serving ---
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol v2 gRPC server (Triton's 8001); "
+        "0 turns gRPC off.",
+    )
     workers: int = Field(
         1, ge=1, le=64, description="Server processes on the port (each loads the models)."
     )

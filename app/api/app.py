@@ -59,12 +59,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Process-wide, so set while serving and restored after (tests build many apps).
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+        grpc_server = None
+        if settings.grpc_port:  # OIP v2 over gRPC, on this loop, sharing the service
+            from app.protocols.oip_v2_grpc import GrpcServer
+
+            grpc_server = GrpcServer(service, settings)
+            await grpc_server.start()
         loading = asyncio.create_task(_load(service))
         app.state.loading = loading
         try:
             yield
         finally:
             service.begin_draining()
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_grace_s)
             if not loading.done():
                 loading.cancel()
             await service.close()

@@ -1,0 +1,273 @@
+"""Open Inference Protocol v2 over gRPC, driven by NVIDIA's official client
+(tritonclient.grpc) against a real server process with the real weights; plus the
+.proto itself: compiled as committed, and wire-identical to the client's copy.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+tritongrpc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+try:
+    from tests.servers import ServerProcess, free_port, start_server
+except ImportError:  # tests/ itself on sys.path
+    from servers import ServerProcess, free_port, start_server
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+V1 = "v1-0.5-160"
+V3 = "v3-small-1.0-224"
+EGYPTIAN_CAT = 285
+
+
+@pytest.fixture(scope="module")
+def server(weights_dir: Path) -> Iterator[tuple[ServerProcess, int]]:
+    port = free_port()
+    srv = start_server(
+        weights_dir,
+        variants=[V1, V3],
+        env={
+            "MOBILENET_THREADS": "1",
+            "MOBILENET_DECODE_THREADS": "2",
+            "MOBILENET_GRPC_PORT": str(port),
+        },
+        ready_timeout=180,
+    )
+    try:
+        yield srv, port
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[ServerProcess, int]) -> Iterator[Any]:
+    c = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{server[1]}")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def cat(images_dir: Path) -> bytes:
+    return (images_dir / "cat.bmp").read_bytes()
+
+
+def predict_top5(server: ServerProcess, data: bytes, variant: str) -> list[dict]:
+    r = httpx.post(
+        f"{server.url}/predict",
+        params={"variant": variant},
+        files={"file": ("cat.bmp", data, "image/bmp")},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def image_input(images: list[bytes]) -> Any:
+    inp = tritongrpc.InferInput("IMAGE", [len(images)], "BYTES")
+    inp.set_data_from_numpy(np.array(images, dtype=np.object_))
+    return inp
+
+
+def test_health_and_metadata(client: Any) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("v3") and client.is_model_ready(V1, model_version="1")
+    assert not client.is_model_ready("v9")
+    meta = client.get_server_metadata(as_json=True)
+    assert meta["name"] == "mobilenet-serve" and "classification" in meta["extensions"]
+    model = client.get_model_metadata("v3", as_json=True)
+    assert model["name"] == V3
+    assert [(t["name"], t["datatype"]) for t in model["inputs"]] == [
+        ("IMAGE", "BYTES"),
+        ("PIXELS", "UINT8"),
+    ]
+    assert model["outputs"][0]["shape"] == ["-1", "1000"]  # int64 as JSON strings
+
+
+@pytest.mark.parametrize(("name", "variant"), [("v3", V3), (V1, V1)])
+def test_bytes_input_classifies_the_cat_like_predict(
+    client: Any, server: tuple[ServerProcess, int], cat: bytes, name: str, variant: str
+) -> None:
+    result = client.infer(name, [image_input([cat])])
+    probs = result.as_numpy("PROBABILITIES")
+    assert probs.shape == (1, 1000) and probs.dtype == np.float32
+    expected = predict_top5(server[0], cat, variant)
+    assert int(probs[0].argmax()) == expected[0]["index"] == EGYPTIAN_CAT
+    for p in expected:
+        assert probs[0, p["index"]] == pytest.approx(p["score"], abs=1e-6)
+    assert result.get_response().model_name == variant
+
+
+def test_uint8_pixels_and_classification(
+    client: Any, server: tuple[ServerProcess, int], cat: bytes
+) -> None:
+    from app.imaging import prepare
+    from app.weights import SPECS_BY_NAME
+
+    pixels = prepare(cat, SPECS_BY_NAME[V3].preprocessing, max_pixels=10**8)[None]
+    inp = tritongrpc.InferInput("PIXELS", list(pixels.shape), "UINT8")
+    inp.set_data_from_numpy(pixels)
+    out = tritongrpc.InferRequestedOutput("PROBABILITIES", class_count=5)
+    rows = client.infer("v3", [inp], outputs=[out]).as_numpy("PROBABILITIES")
+    assert rows.shape == (1, 5)
+    parsed = [re.fullmatch(r"([0-9.]+):(\d+):(.+)", c.decode()).groups() for c in rows[0]]
+    expected = predict_top5(server[0], cat, V3)
+    assert [int(i) for _, i, _ in parsed] == [p["index"] for p in expected]
+    assert parsed[0][2] == "Egyptian cat"
+    assert [float(s) for s, _, _ in parsed] == pytest.approx(
+        [p["score"] for p in expected], abs=1e-6
+    )
+
+
+def test_a_batch_of_8_is_one_batch(
+    client: Any, server: tuple[ServerProcess, int], cat: bytes, images_dir: Path
+) -> None:
+    bird = (images_dir / "bird.bmp").read_bytes()
+
+    def batches() -> tuple[float, float]:
+        text = httpx.get(f"{server[0].url}/metrics", timeout=10).text
+        c = re.search(rf'mobilenet_batch_size_count{{variant="{V1}"}} (\S+)', text)
+        s = re.search(rf'mobilenet_batch_size_sum{{variant="{V1}"}} (\S+)', text)
+        return float(c.group(1)), float(s.group(1))
+
+    before = batches()
+    probs = client.infer(V1, [image_input([cat, bird] * 4)]).as_numpy("PROBABILITIES")
+    after = batches()
+    assert list(probs.argmax(axis=1)) == [EGYPTIAN_CAT, 19] * 4
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 8)
+    text = httpx.get(f"{server[0].url}/metrics", timeout=10).text
+    route = "/inference.GRPCInferenceService/ModelInfer"
+    assert f'mobilenet_requests_total{{model="{V1}",route="{route}",status="OK"}}' in text
+
+
+def test_errors_are_grpc_status_codes(client: Any, cat: bytes) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("v9", [image_input([cat])])
+    assert info.value.status() == "StatusCode.NOT_FOUND" and "v9" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("v3", [image_input([cat[: len(cat) // 3]])])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "image 0" in info.value.message()
+    bad = tritongrpc.InferInput("PIXELS", [1, 8, 8, 3], "UINT8")
+    bad.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("v3", [bad])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "224" in info.value.message()
+
+
+def test_deadline_parameter_reaches_the_batcher(client: Any, cat: bytes) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("v3", [image_input([cat])], timeout=1)  # parameters.timeout = 1 us
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert "deadline" in info.value.message()  # the server's answer, not the client's
+
+
+def test_deadline_is_the_sooner_of_the_grpc_deadline_and_the_default() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from app.protocols.oip_v2_grpc import InferenceServicer, messages
+    from app.settings import Settings
+
+    servicer = InferenceServicer.__new__(InferenceServicer)
+    servicer.settings = Settings(request_timeout_ms=10_000)
+    request = messages()["ModelInferRequest"]()
+    for remaining, expected in ((0.25, 0.25), (None, 10.0), (60.0, 10.0)):
+        context = SimpleNamespace(time_remaining=lambda r=remaining: r)
+        deadline = servicer._deadline(request, context)
+        assert deadline - time.monotonic() == pytest.approx(expected, abs=0.05)
+
+
+def test_api_key_comes_as_bearer_metadata(make_client: Any, cat: bytes) -> None:
+    port = free_port()
+    client = make_client(api_key="s3cret", grpc_port=port)
+    variant = client.get("/models").json()["default"]
+    c = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{port}")
+    try:
+        assert c.is_server_live()  # health needs no key
+        with pytest.raises(InferenceServerException) as info:
+            c.infer(variant, [image_input([cat])])
+        assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException):
+            c.infer(variant, [image_input([cat])], headers={"authorization": "Bearer no"})
+        ok = c.infer(variant, [image_input([cat])], headers={"authorization": "Bearer s3cret"})
+        assert ok.as_numpy("PROBABILITIES").shape == (1, 1000)
+    finally:
+        c.close()
+
+
+def test_grpc_port_in_use_fails_start_up_clearly(make_client: Any) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(OSError, match="MOBILENET_GRPC_PORT"):
+            make_client(grpc_port=s.getsockname()[1])
+
+
+# --- the .proto ---------------------------------------------------------------------------
+def test_committed_descriptor_set_is_what_protoc_makes(tmp_path: Path) -> None:
+    pytest.importorskip("grpc_tools")
+    out = tmp_path / "inference.pb"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            "app/protocols",
+            f"--descriptor_set_out={out}",
+            "app/protocols/inference.proto",
+        ],
+        cwd=REPO,
+        check=True,
+    )
+    assert out.read_bytes() == (REPO / "app/protocols/inference.pb").read_bytes()
+
+
+def _fields(desc: Any) -> dict:
+    return {
+        f.name: (
+            f.number,
+            f.type,
+            f.label,
+            f.message_type.full_name if f.message_type else None,
+        )
+        for f in desc.fields
+    }
+
+
+def test_our_proto_is_wire_identical_to_the_official_client_s() -> None:
+    from tritonclient.grpc import service_pb2
+
+    from app.protocols.oip_v2_grpc import SERVICE, messages
+
+    ours = messages()
+    theirs = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    ours_service = next(iter(ours.values())).DESCRIPTOR.file.pool.FindServiceByName(SERVICE)
+    for method in ours_service.methods:
+        other = theirs.methods_by_name[method.name]
+        for mine, official in (
+            (method.input_type, other.input_type),
+            (method.output_type, other.output_type),
+        ):
+            assert mine.full_name == official.full_name
+            stack = [(mine, official)]
+            while stack:
+                a, b = stack.pop()
+                assert _fields(a) == _fields(b), a.full_name
+                for f in a.fields:
+                    if f.message_type is not None:
+                        stack.append((f.message_type, b.fields_by_name[f.name].message_type))
