@@ -205,7 +205,7 @@ def test_tf_serving_model_status(server: ServerProcess) -> None:
         ("v3", {"instances": [{"b64": b64(b"BM" + b"\0" * 40)}]}, 400, "image"),
         ("v3", {"instances": ["plain string"]}, 400, "b64"),
         ("v3", {}, 400, "instances"),
-        ("v3", {"instances": []}, 400, "1-"),
+        ("v3", {"instances": []}, 400, "instances"),
         ("v3", {"instances": [{"b64": "AAAA"}], "extra": 1}, 400, "extra"),
     ],
 )

@@ -204,8 +204,8 @@ def test_timeout_parameter_is_the_deadline(client: Any, cat: bytes) -> None:
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"inputs": []}, "exactly 1 input"),
-        ({"inputs": [{"name": "X", "shape": [1], "datatype": "BYTES", "data": ["AA=="]}]}, "X"),
+        ({"inputs": []}, "inputs"),
+        ({"inputs": [{"name": "X", "shape": [1], "datatype": "BYTES", "data": ["AA=="]}]}, "IMAGE"),
         ({"inputs": [{"name": "IMAGE", "shape": [2], "datatype": "BYTES", "data": ["AA=="]}]}, "2"),
         ({"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["%%"]}]}, "b"),
         ({"inputs": [{"name": "PIXELS", "shape": [1, 2, 2, 3], "datatype": "UINT8"}]}, "224"),

@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, FastRejectMiddleware, RequestIdMiddleware
+from app.api.openapi import install_openapi
 from app.api.routes import router
 from app.errors import WeightsError
 from app.observability.metrics import Metrics
@@ -100,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     from app.protocols import BODY_PREFIXES, install_protocols
 
-    install_protocols(app)  # before the UI, whose mount catches every other path
+    # before the UI, whose mount catches every other path
+    install_openapi(app, settings, install_protocols(app))
     from app.api.ui import install_ui
 
     install_ui(app)

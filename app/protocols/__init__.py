@@ -11,32 +11,17 @@ batching are the service's. Error statuses live in ``app.api.errors``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 BODY_PREFIXES = ("/v1/", "/v2/")  # REST routes whose bodies the upload limit covers
 
 
-def install_protocols(app: FastAPI) -> None:
-    """Mount the REST protocols and document their request schemas."""
+def install_protocols(app: FastAPI) -> list[type[BaseModel]]:
+    """Mount the REST protocols; returns the request models their docs refer to."""
     from app.protocols import kserve_v1, oip_v2_rest, torchserve
 
     app.include_router(oip_v2_rest.router)
     app.include_router(kserve_v1.router)
     app.include_router(torchserve.router)
-    extra_schemas = [oip_v2_rest.InferenceRequest, kserve_v1.PredictRequest]
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in extra_schemas:
-                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(js.pop("$defs", {}))
-                components[model.__name__] = js
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    return [oip_v2_rest.InferenceRequest, kserve_v1.PredictRequest]

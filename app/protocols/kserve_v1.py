@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
 from app.errors import InvalidRequest
+from app.protocols.common import EXAMPLE_PNG, NoNulls
 from app.protocols.routing import protocol_route
 
 TOPK = 5
@@ -31,16 +32,20 @@ router = APIRouter(
 )
 
 
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PredictRequest(NoNulls):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}]},
+    )
     signature_name: str | None = Field(None, description="Accepted and ignored (one signature).")
     instances: list[Any] | None = Field(
         None,
+        min_length=1,
         description='Row format: one image per instance, {"b64": ...} or {"image_bytes": '
         '{"b64": ...}}, optionally with a "key" echoed back.',
-        examples=[[{"image_bytes": {"b64": "Qk02..."}}]],
+        examples=[[{"image_bytes": {"b64": EXAMPLE_PNG}}]],
     )
-    inputs: Any | None = Field(
+    inputs: dict[str, list[Any]] | list[Any] | None = Field(
         None, description='Columnar format: {"image_bytes": [{"b64": ...}]} or a list.'
     )
 

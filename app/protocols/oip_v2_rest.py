@@ -10,27 +10,28 @@ are JSON, or the same layout when an output asks for ``binary_data``.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
 from app.errors import InvalidRequest
 from app.protocols import oip_v2
+from app.protocols.common import EXAMPLE_PNG, NoNulls
 from app.protocols.routing import protocol_route
 from app.protocols.tensors import (
-    DATATYPES,
     array_from_json,
     array_from_raw,
     bytes_from_json,
     deserialize_bytes,
 )
+from app.serving.service import ClassifierService
+from app.settings import Settings
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-Parameters = dict[str, bool | int | float | str]
 
 router = APIRouter(
     prefix="/v2", tags=["OIP v2 (KServe v2, Triton)"], route_class=protocol_route("v2")
@@ -38,42 +39,68 @@ router = APIRouter(
 
 
 # --- the documented shapes (also what a request is validated against) ----------------------
-class RequestInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(examples=["IMAGE"])
-    shape: list[int] = Field(examples=[[1]])
-    datatype: str = Field(examples=["BYTES"], json_schema_extra={"enum": list(DATATYPES)})
-    parameters: Parameters | None = Field(
-        None, description="binary_data_size: the tensor's raw bytes follow the JSON header."
+class Parameters(NoNulls):
+    """The parameters this server reads; others are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, StrictBool | StrictInt | float | str]
+    classification: StrictInt | None = Field(
+        None, ge=1, le=oip_v2.NUM_CLASSES, description="Output: return the top-k as strings."
     )
+    binary_data: StrictBool | None = Field(None, description="Output: raw bytes, not JSON.")
+    binary_data_size: StrictInt | None = Field(
+        None, ge=0, description="Input: its raw bytes follow the JSON header."
+    )
+    binary_data_output: StrictBool | None = Field(
+        None, description="Request: default of binary_data for every output."
+    )
+    timeout: StrictInt | None = Field(
+        None, ge=1, description="Request: deadline in microseconds (only ever shortens it)."
+    )
+
+
+class RequestInput(NoNulls):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["IMAGE", "PIXELS"] = Field(examples=["IMAGE"])
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=4, examples=[[1]])
+    datatype: Literal["BYTES", "UINT8"] = Field(examples=["BYTES"])
+    parameters: Parameters | None = None
     data: list[Any] | None = Field(
         None, description="Row-major elements (BYTES: base64 strings); absent when binary."
     )
 
 
-class RequestOutput(BaseModel):
+class RequestOutput(NoNulls):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(examples=["PROBABILITIES"])
-    parameters: Parameters | None = Field(
-        None, description="classification: k (top-k strings); binary_data: true/false."
+    name: Literal["PROBABILITIES"] = Field(examples=["PROBABILITIES"])
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(NoNulls):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "inputs": [
+                        {"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": [EXAMPLE_PNG]}
+                    ],
+                    "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 5}}],
+                }
+            ]
+        },
     )
-
-
-class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
     id: str | None = None
-    parameters: Parameters | None = Field(
-        None, description="timeout (microseconds); binary_data_output (bool)."
-    )
-    inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestOutput] | None = Field(None, max_length=1)
 
 
 class ResponseOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    parameters: Parameters | None = None
+    parameters: dict[str, int] | None = Field(None, description="binary_data_size")
     data: list[Any] | None = None
 
 
@@ -81,7 +108,6 @@ class InferenceResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
-    parameters: Parameters | None = None
     outputs: list[ResponseOutput]
 
 
@@ -141,13 +167,10 @@ INFER_ERRORS: dict[int | str, dict[str, Any]] = {
 INFER_BODY = {
     "requestBody": {
         "required": True,
+        "description": "JSON. With the binary tensor data extension: the JSON header of "
+        f"{HEADER_LENGTH} bytes (that request header), then the inputs' raw bytes.",
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": f"Binary tensor data extension: a JSON InferenceRequest of "
-                f"{HEADER_LENGTH} bytes, then the raw tensors.",
-            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}
         },
     }
 }
@@ -185,14 +208,24 @@ async def ready(service: ServiceDep) -> Response:
 @router.get(
     "/models/{name}", response_model=ModelMetadata, responses=MODEL_ERRORS, summary="Model metadata"
 )
+async def model_metadata(request: Request, service: ServiceDep, name: str) -> dict[str, Any]:
+    return _metadata(request, service, name, None)
+
+
 @router.get(
     "/models/{name}/versions/{version}",
     response_model=ModelMetadata,
     responses=MODEL_ERRORS,
     summary="Model metadata (a version)",
 )
-async def model_metadata(
-    request: Request, service: ServiceDep, name: str, version: str | None = None
+async def model_version_metadata(
+    request: Request, service: ServiceDep, name: str, version: str
+) -> dict[str, Any]:
+    return _metadata(request, service, name, version)
+
+
+def _metadata(
+    request: Request, service: ClassifierService, name: str, version: str | None
 ) -> dict[str, Any]:
     target = oip_v2.resolve(service, name, version)
     request.state.model = target.name
@@ -202,14 +235,24 @@ async def model_metadata(
 @router.get(
     "/models/{name}/ready", response_model=ModelReady, responses=MODEL_ERRORS, summary="Model ready"
 )
+async def model_ready(request: Request, service: ServiceDep, name: str) -> ModelReady:
+    return _ready(request, service, name, None)
+
+
 @router.get(
     "/models/{name}/versions/{version}/ready",
     response_model=ModelReady,
     responses=MODEL_ERRORS,
     summary="Model ready (a version)",
 )
-async def model_ready(
-    request: Request, service: ServiceDep, name: str, version: str | None = None
+async def model_version_ready(
+    request: Request, service: ServiceDep, name: str, version: str
+) -> ModelReady:
+    return _ready(request, service, name, version)
+
+
+def _ready(
+    request: Request, service: ClassifierService, name: str, version: str | None
 ) -> ModelReady:
     target = oip_v2.resolve(service, name, version)
     request.state.model = target.name
@@ -247,10 +290,8 @@ def _parse_input(
     req: RequestInput, binary: memoryview, offset: int, target: Any, max_images: int
 ) -> tuple[oip_v2.InputTensor, int]:
     oip_v2.check_input_header(req.name, req.datatype, req.shape, target, max_images)
-    size = (req.parameters or {}).get("binary_data_size")
+    size = req.parameters.binary_data_size if req.parameters else None
     if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise InvalidRequest(f"input {req.name!r}: binary_data_size must be a byte count")
         if offset + size > len(binary):
             raise InvalidRequest(
                 f"input {req.name!r}: binary_data_size {size} runs past the end of the body "
@@ -275,24 +316,12 @@ def _parse_input(
     return oip_v2.InputTensor(req.name, req.datatype, list(req.shape), data), offset
 
 
-def _bool_param(params: Parameters | None, key: str) -> bool | None:
-    value = (params or {}).get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"parameter {key!r} must be true or false, got {value!r}")
-    return value
-
-
 def _deadline(params: Parameters | None, default: float) -> float:
     """``parameters.timeout`` (microseconds, as Triton's clients send it) can only shorten
     the request's deadline."""
-    timeout = (params or {}).get("timeout")
-    if timeout is None:
+    if params is None or params.timeout is None:
         return default
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
-        raise InvalidRequest(f"parameter 'timeout' must be microseconds (> 0), got {timeout!r}")
-    return min(default, time.monotonic() + timeout / 1e6)
+    return min(default, time.monotonic() + params.timeout / 1e6)
 
 
 def _encode(request: InferenceRequest, target: Any, outputs: list[oip_v2.OutputTensor]) -> Response:
@@ -320,55 +349,74 @@ def _encode(request: InferenceRequest, target: Any, outputs: list[oip_v2.OutputT
     )
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferenceResponse,
-    responses={**INFER_ERRORS, 200: {"content": BINARY_ANSWER}},
-    openapi_extra=INFER_BODY,
-    dependencies=[AuthDep],
-    summary="Infer",
-)
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferenceResponse,
-    responses={**INFER_ERRORS, 200: {"content": BINARY_ANSWER}},
-    openapi_extra=INFER_BODY,
-    dependencies=[AuthDep],
-    summary="Infer (a version)",
-)
+INFER_ROUTE: dict[str, Any] = {
+    "response_model": InferenceResponse,
+    "responses": {**INFER_ERRORS, 200: {"content": BINARY_ANSWER}},
+    "openapi_extra": INFER_BODY,
+    "dependencies": [AuthDep],
+}
+HeaderLength = Annotated[str | None, Header(include_in_schema=False)]
+
+
+@router.post("/models/{name}/infer", summary="Infer", **INFER_ROUTE)
 async def infer(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
     deadline: DeadlineDep,
     name: str,
-    version: str | None = None,
-    inference_header_content_length: Annotated[str | None, Header(include_in_schema=False)] = None,
+    inference_header_content_length: HeaderLength = None,
 ) -> Response:
     """Classify a batch of images: `IMAGE` (BYTES [N]) or `PIXELS` (UINT8 [N, H, W, 3])."""
+    return await _infer(
+        request, service, settings, deadline, name, None, inference_header_content_length
+    )
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Infer (a version)", **INFER_ROUTE)
+async def infer_version(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    deadline: DeadlineDep,
+    name: str,
+    version: str,
+    inference_header_content_length: HeaderLength = None,
+) -> Response:
+    return await _infer(
+        request, service, settings, deadline, name, version, inference_header_content_length
+    )
+
+
+async def _infer(
+    request: Request,
+    service: ClassifierService,
+    settings: Settings,
+    deadline: float,
+    name: str,
+    version: str | None,
+    header_length: str | None,
+) -> Response:
     target = oip_v2.resolve(service, name, version)
     request.state.model = target.name
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding not in ("", "identity"):
         raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported; send identity")
     body = await request.body()
-    req, binary = _split_body(body, inference_header_content_length)
+    req, binary = _split_body(body, header_length)
     oip_v2.check_inputs(req.inputs, target)
     tensor, used = _parse_input(req.inputs[0], binary, 0, target, settings.max_batch_files)
     if used != len(binary):
         raise InvalidRequest(
             f"{len(binary) - used} bytes of binary data follow the tensors the header describes"
         )
-    default_binary = _bool_param(req.parameters, "binary_data_output") or False
+    default_binary = bool(req.parameters and req.parameters.binary_data_output)
     wanted = []
     for out in req.outputs or []:
-        params = out.parameters or {}
-        k = params.get("classification")
+        params = out.parameters or Parameters()
         wanted.append(
             oip_v2.OutputRequest(
-                out.name,
-                classification=None if k is None else oip_v2.classification_k(k),
-                binary=_bool_param(params, "binary_data"),
+                out.name, classification=params.classification, binary=params.binary_data
             )
         )
     wanted = oip_v2.check_outputs(wanted)

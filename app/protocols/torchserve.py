@@ -49,20 +49,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: _err("Overloaded (Retry-After), loading or shutting down."),
     504: _err("The deadline passed before its batch ran."),
 }
+# Documented: the raw image body. Also accepted, as TorchServe does: any Content-Type
+# (curl -T sends none) and a multipart field 'data' or 'file' (see the description).
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {"data": {"type": "string", "format": "binary"}},
-                }
-            },
-        },
+        "description": "The image as the body (curl -T cat.jpg; any Content-Type is read as "
+        "the image), or multipart/form-data with the image in a field 'data' or 'file'.",
+        "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
 TOP5 = {
@@ -123,14 +117,19 @@ async def _predict(
     return JSONResponse({p.label: round(p.score, 6) for p in result.predictions})
 
 
+PREDICT_ROUTE: dict[str, Any] = {
+    "responses": {200: TOP5, **ERRORS},
+    "response_class": JSONResponse,
+    "openapi_extra": IMAGE_BODY,
+    "dependencies": [AuthDep],
+}
+
+
 @router.api_route(
     "/predictions/{name}",
     methods=["POST", "PUT"],
-    responses={200: TOP5, **ERRORS},
-    response_class=JSONResponse,
-    openapi_extra=IMAGE_BODY,
-    dependencies=[AuthDep],
-    summary="Predict (TorchServe)",
+    summary="Predict (TorchServe; PUT is curl -T)",
+    **PREDICT_ROUTE,
 )
 async def predictions(
     request: Request,
@@ -146,11 +145,8 @@ async def predictions(
 @router.api_route(
     "/predictions/{name}/{version}",
     methods=["POST", "PUT"],
-    responses={200: TOP5, **ERRORS},
-    response_class=JSONResponse,
-    openapi_extra=IMAGE_BODY,
-    dependencies=[AuthDep],
     summary="Predict with a version (TorchServe)",
+    **PREDICT_ROUTE,
 )
 async def predictions_version(
     request: Request,
