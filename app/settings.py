@@ -142,7 +142,11 @@ class Settings(BaseSettings):
     # --- intake ---
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Upload size limit.")
     max_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb pixel limit.")
-    max_batch_files: int = Field(32, ge=1, description="Files per /predict/batch request; images per OIP v2 or KServe v1 request.")
+    max_batch_files: int = Field(
+        32,
+        ge=1,
+        description="Files per /predict/batch request; images per OIP v2 or KServe v1 request.",
+    )
 
     # --- weights ---
     weights_dir: Path = Field(Path("weights"), description="Converted weights and manifest.")

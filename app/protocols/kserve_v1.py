@@ -13,8 +13,9 @@ import base64
 import binascii
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
 from app.errors import InvalidRequest
@@ -136,8 +137,31 @@ def _images(body: PredictRequest) -> tuple[list[bytes], list[Any], bool]:
     return [_b64(v, f"{name}[{i}]") for i, v in enumerate(rows)], [None] * len(rows), True
 
 
+def _parse(raw: bytes) -> PredictRequest:
+    try:
+        return PredictRequest.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request is not valid JSON: {exc}; {_HOW}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidRequest(f"invalid request: {problems}; {_HOW}") from None
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+        },
+    }
+}
+
+
 @router.post(
     "/{name}:predict",
+    openapi_extra=PREDICT_BODY,
     response_model=PredictResponse,
     response_model_exclude_none=True,
     responses=ERRORS,
@@ -150,11 +174,12 @@ async def predict(
     settings: SettingsDep,
     deadline: DeadlineDep,
     name: str,
-    body: PredictRequest,
 ) -> dict[str, Any]:
-    """`curl -d '{"instances": [{"b64": "'$(base64 -w0 cat.jpg)'"}]}' .../v1/models/v3:predict`"""
+    """Classify base64 images, TF Serving style (any Content-Type is read as JSON, as
+    TF Serving does: `curl -d` sends a form type)."""
     target = service.resolve_name(name)
     request.state.model = target.name
+    body = _parse(await request.body())
     images, keys, columnar = _images(body)
     if not 1 <= len(images) <= settings.max_batch_files:
         raise InvalidRequest(
