@@ -91,6 +91,10 @@ class InferenceRequest(NoNulls):
         },
     )
     id: str | None = None
+    model_name: str | None = Field(
+        None, description="Sent by KServe's client; the path's model is the one used."
+    )
+    model_version: str | None = Field(None, description="As model_name: the path decides.")
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=1)
     outputs: list[RequestOutput] | None = Field(None, max_length=1)
