@@ -7,6 +7,8 @@ fuzzers can trust it.
   out, never ``null`` (``app.protocols.common.NoNulls`` refuses nulls).
 * An optional query parameter or header is absent or a value, never ``null`` (which a
   client would send as the text "null"): its schema drops pydantic's ``null`` branch.
+* A validation error is documented as what it is answered with: our error shape (422)
+  on our routes, the protocol's 400 on the protocols' (never FastAPI's default body).
 * Operation ids are unique (a route serving POST and PUT gets one per method).
 * Authentication is documented only when it is enforced: with no ``MOBILENET_API_KEY``
   the bearer scheme, the operations' security requirements and their 401s are left out.
@@ -48,6 +50,7 @@ def install_openapi(
                         for param in operation.get("parameters", []):
                             param["schema"] = _not_null(param.get("schema", {}))
             _unique_operation_ids(schema)
+            _real_validation_errors(schema)
             if not settings.api_key:
                 components.pop("securitySchemes", None)
                 for item in schema.get("paths", {}).values():
@@ -77,6 +80,32 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
     if "default" in out and out["default"] is None:
         out.pop("default")
     return out
+
+
+PROTOCOL_PREFIXES = ("/v1/", "/v2", "/predictions/", "/ping")
+
+
+def _real_validation_errors(schema: dict[str, Any]) -> None:
+    default = "#/components/schemas/HTTPValidationError"
+    for path, item in schema.get("paths", {}).items():
+        for op in item.values():
+            if not isinstance(op, dict):
+                continue
+            responses = op.get("responses", {})
+            answer = responses.get("422", {})
+            ref = answer.get("content", {}).get("application/json", {}).get("schema", {})
+            if ref.get("$ref") != default:
+                continue
+            if path.startswith(PROTOCOL_PREFIXES):
+                responses.pop("422")
+            else:
+                answer["content"]["application/json"]["schema"] = {
+                    "$ref": "#/components/schemas/ErrorResponse"
+                }
+    schemas = schema.get("components", {}).get("schemas", {})
+    if default not in str(schema.get("paths", {})):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
 
 
 def _unique_operation_ids(schema: dict[str, Any]) -> None:

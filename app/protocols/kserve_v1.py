@@ -51,7 +51,7 @@ class PredictRequest(NoNulls):
     )
 
 
-class Prediction(BaseModel):
+class V1Prediction(BaseModel):
     classes: list[int] = Field(examples=[[285, 281, 282, 287, 728]])
     labels: list[str] = Field(
         examples=[["Egyptian cat", "tabby", "tiger cat", "lynx", "plastic bag"]]
@@ -60,9 +60,9 @@ class Prediction(BaseModel):
     key: Any | None = None
 
 
-class PredictResponse(BaseModel):
-    predictions: list[Prediction] | None = None
-    outputs: list[Prediction] | None = Field(None, description="Answer to a columnar request.")
+class V1PredictResponse(BaseModel):
+    predictions: list[V1Prediction] | None = None
+    outputs: list[V1Prediction] | None = Field(None, description="Answer to a columnar request.")
 
 
 class VersionStatus(BaseModel):
@@ -162,7 +162,7 @@ PREDICT_BODY = {
 @router.post(
     "/{name}:predict",
     openapi_extra=PREDICT_BODY,
-    response_model=PredictResponse,
+    response_model=V1PredictResponse,
     response_model_exclude_none=True,
     responses=ERRORS,
     dependencies=[AuthDep],
