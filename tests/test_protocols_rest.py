@@ -256,3 +256,19 @@ def test_api_key_is_required_on_every_protocol_route(make_client: Any, cat: byte
         assert wrong.status_code == 401
         ok = client.post(path, headers={"Authorization": "Bearer s3cret"}, **kw)
         assert ok.status_code == 200, (path, ok.text)
+
+
+def test_bodies_over_the_limit_are_413_in_the_protocol_shape(make_client: Any) -> None:
+    client = make_client(max_upload_bytes=4096)
+    big = {"instances": [{"b64": "A" * 8000}]}
+    v2 = {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["A" * 8000]}]}
+    for path, body in (("/v1/models/v1:predict", big), ("/v2/models/v1/infer", v2)):
+        announced = client.post(path, json=body)  # Content-Length says it up front
+        assert announced.status_code == 413, announced.text
+        assert set(announced.json()) == {"error"} and "4096" in announced.json()["error"]
+        data = json.dumps(body).encode()
+        streamed = client.post(  # chunked: no Content-Length, refused while it streams
+            path, content=(data[i : i + 1000] for i in range(0, len(data), 1000))
+        )
+        assert streamed.status_code == 413, streamed.text
+        assert set(streamed.json()) == {"error"}

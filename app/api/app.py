@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(router)
-    from app.protocols import BODY_PREFIXES, install_protocols
+    from app.protocols import install_protocols
 
     # before the UI, whose mount catches every other path
     install_openapi(app, settings, install_protocols(app))
@@ -114,11 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(
-        BodyLimitMiddleware,
-        limit=settings.max_upload_bytes,
-        prefixes=("/predict", *BODY_PREFIXES),
-    )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.add_middleware(
         FastRejectMiddleware,
         service=lambda: getattr(app.state, "service", None),

@@ -14,8 +14,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-BODY_PREFIXES = ("/v1/", "/v2/")  # REST routes whose bodies the upload limit covers
-
 
 def install_protocols(app: FastAPI) -> list[type[BaseModel]]:
     """Mount the REST protocols; returns the request models their docs refer to."""

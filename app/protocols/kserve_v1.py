@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
 from app.errors import InvalidRequest
 from app.protocols.common import EXAMPLE_PNG, NoNulls
-from app.protocols.routing import protocol_route
+from app.protocols.routing import protocol_route, read_limited
 
 TOPK = 5
 _HOW = (
@@ -179,7 +179,7 @@ async def predict(
     TF Serving does: `curl -d` sends a form type)."""
     target = service.resolve_name(name)
     request.state.model = target.name
-    body = _parse(await request.body())
+    body = _parse(await read_limited(request, settings.max_upload_bytes))
     images, keys, columnar = _images(body)
     if not 1 <= len(images) <= settings.max_batch_files:
         raise InvalidRequest(

@@ -21,7 +21,7 @@ from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
 from app.errors import InvalidRequest
 from app.protocols import oip_v2
 from app.protocols.common import EXAMPLE_PNG, NoNulls
-from app.protocols.routing import protocol_route
+from app.protocols.routing import protocol_route, read_limited
 from app.protocols.tensors import (
     array_from_json,
     array_from_raw,
@@ -406,7 +406,7 @@ async def _infer(
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding not in ("", "identity"):
         raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported; send identity")
-    body = await request.body()
+    body = await read_limited(request, settings.max_upload_bytes)
     req, binary = _split_body(body, header_length)
     oip_v2.check_inputs(req.inputs, target)
     tensor, used = _parse_input(req.inputs[0], binary, 0, target, settings.max_batch_files)

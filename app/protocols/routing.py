@@ -57,6 +57,25 @@ def _as_service_error(exc: Exception) -> errors.ServiceError:
     return errors.ServiceError("internal error; the request id identifies it in the logs")
 
 
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused with PayloadTooLarge (in the protocol's shape, by the
+    route class) from its Content-Length or as soon as it streams past ``limit``."""
+    message = (
+        f"request body exceeds the {limit} byte limit ({limit / 1048576:.1f} MiB, "
+        "MOBILENET_MAX_UPLOAD_BYTES)"
+    )
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise errors.PayloadTooLarge(message, limit_bytes=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(message, limit_bytes=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def protocol_route(protocol: str) -> type[APIRoute]:
     """A route class answering errors in ``protocol``'s shape and recording metrics."""
 
