@@ -19,9 +19,18 @@ except ImportError:  # tests/ itself on sys.path
     from test_batcher import Gate, Recorder, run, settle
 
 
+class ManyRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.submitted: list[int] = []
+
+    def on_submit_many(self, name: str, size: int) -> None:
+        self.submitted.append(size)
+
+
 def test_submit_many_rides_in_one_batch_with_results_in_order() -> None:
     async def main() -> None:
-        gate, rec = Gate(), Recorder()
+        gate, rec = Gate(), ManyRecorder()
         b = Batcher(gate, name="v", max_batch_size=16, max_wait_ms=50, observer=rec)
         await b.start()
         t0 = time.monotonic()
@@ -31,6 +40,7 @@ def test_submit_many_rides_in_one_batch_with_results_in_order() -> None:
         assert gate.batches == [list(range(8))]
         assert [d.batch_size for d in done] == [8] * 8
         assert [size for size, _, _ in rec.batches] == [8]
+        assert rec.submitted == [8]  # one request of 8, as the metrics report it
         stats = b.stats
         assert stats.batches == 1 and stats.submitted == stats.items_done == 8
         await b.close()

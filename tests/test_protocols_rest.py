@@ -151,34 +151,50 @@ def test_tf_serving_b64_request_gives_the_same_top1_as_predict(
     assert pred["scores"] == pytest.approx([p["score"] for p in expected], abs=1e-6)
 
 
-def batch_count(server: ServerProcess, variant: str) -> tuple[float, float]:
+def histogram(server: ServerProcess, metric: str, variant: str) -> tuple[float, float]:
+    """(count, sum) of a per-variant Prometheus histogram."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    count = re.search(rf'mobilenet_batch_size_count{{variant="{variant}"}} (\S+)', text)
-    total = re.search(rf'mobilenet_batch_size_sum{{variant="{variant}"}} (\S+)', text)
-    return float(count.group(1)), float(total.group(1))
+    count = re.search(rf'{metric}_count{{variant="{variant}"}} (\S+)', text)
+    total = re.search(rf'{metric}_sum{{variant="{variant}"}} (\S+)', text)
+    return (float(count.group(1)), float(total.group(1))) if count and total else (0.0, 0.0)
 
 
-def test_tf_serving_instances_are_one_batch_and_keys_echo(
+def one_request_of(server: ServerProcess, variant: str, n: int, call) -> object:
+    """Run ``call``; check its n images were ONE batcher request and all of them ran."""
+    requests = histogram(server, "mobilenet_client_batch_images", variant)
+    batches = histogram(server, "mobilenet_batch_size", variant)
+    result = call()
+    requests_after = histogram(server, "mobilenet_client_batch_images", variant)
+    batches_after = histogram(server, "mobilenet_batch_size", variant)
+    assert (requests_after[0] - requests[0], requests_after[1] - requests[1]) == (1, n)
+    assert batches_after[1] - batches[1] == n  # every image ran ...
+    assert batches_after[0] - batches[0] <= n  # ... in batches cut from that one request
+    return result
+
+
+def test_tf_serving_instances_are_one_request_and_keys_echo(
     server: ServerProcess, cat: bytes, images_dir: Path
 ) -> None:
     bird = (images_dir / "bird.bmp").read_bytes()
-    before = batch_count(server, V3)
-    r = httpx.post(
-        f"{server.url}/v1/models/v3:predict",
-        json={
-            "instances": [
-                {"image_bytes": {"b64": b64(cat)}, "key": "a"},
-                {"image_bytes": {"b64": b64(bird)}, "key": "b"},
-            ]
-        },
-        timeout=60,
+    r = one_request_of(
+        server,
+        V3,
+        2,
+        lambda: httpx.post(
+            f"{server.url}/v1/models/v3:predict",
+            json={
+                "instances": [
+                    {"image_bytes": {"b64": b64(cat)}, "key": "a"},
+                    {"image_bytes": {"b64": b64(bird)}, "key": "b"},
+                ]
+            },
+            timeout=60,
+        ),
     )
-    after = batch_count(server, V3)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert [p["key"] for p in preds] == ["a", "b"]
     assert [p["classes"][0] for p in preds] == [285, 19]
-    assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
     columnar = httpx.post(
         f"{server.url}/v1/models/v3:predict",
         json={"inputs": {"image_bytes": [{"b64": b64(cat)}, {"b64": b64(bird)}]}},

@@ -130,22 +130,35 @@ def test_uint8_pixels_and_classification(
     )
 
 
-def test_a_batch_of_8_is_one_batch(
+def histogram(server: ServerProcess, metric: str, variant: str) -> tuple[float, float]:
+    """(count, sum) of a per-variant Prometheus histogram."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    count = re.search(rf'{metric}_count{{variant="{variant}"}} (\S+)', text)
+    total = re.search(rf'{metric}_sum{{variant="{variant}"}} (\S+)', text)
+    return (float(count.group(1)), float(total.group(1))) if count and total else (0.0, 0.0)
+
+
+def one_request_of(server: ServerProcess, variant: str, n: int, call) -> object:
+    """Run ``call``; check its n images were ONE batcher request and all of them ran."""
+    requests = histogram(server, "mobilenet_client_batch_images", variant)
+    batches = histogram(server, "mobilenet_batch_size", variant)
+    result = call()
+    requests_after = histogram(server, "mobilenet_client_batch_images", variant)
+    batches_after = histogram(server, "mobilenet_batch_size", variant)
+    assert (requests_after[0] - requests[0], requests_after[1] - requests[1]) == (1, n)
+    assert batches_after[1] - batches[1] == n  # every image ran ...
+    assert batches_after[0] - batches[0] <= n  # ... in batches cut from that one request
+    return result
+
+
+def test_a_batch_of_8_is_one_request(
     client: Any, server: tuple[ServerProcess, int], cat: bytes, images_dir: Path
 ) -> None:
     bird = (images_dir / "bird.bmp").read_bytes()
-
-    def batches() -> tuple[float, float]:
-        text = httpx.get(f"{server[0].url}/metrics", timeout=10).text
-        c = re.search(rf'mobilenet_batch_size_count{{variant="{V1}"}} (\S+)', text)
-        s = re.search(rf'mobilenet_batch_size_sum{{variant="{V1}"}} (\S+)', text)
-        return float(c.group(1)), float(s.group(1))
-
-    before = batches()
-    probs = client.infer(V1, [image_input([cat, bird] * 4)]).as_numpy("PROBABILITIES")
-    after = batches()
-    assert list(probs.argmax(axis=1)) == [EGYPTIAN_CAT, 19] * 4
-    assert (after[0] - before[0], after[1] - before[1]) == (1, 8)
+    result = one_request_of(
+        server[0], V1, 8, lambda: client.infer(V1, [image_input([cat, bird] * 4)])
+    )
+    assert list(result.as_numpy("PROBABILITIES").argmax(axis=1)) == [EGYPTIAN_CAT, 19] * 4
     text = httpx.get(f"{server[0].url}/metrics", timeout=10).text
     route = "/inference.GRPCInferenceService/ModelInfer"
     assert f'mobilenet_requests_total{{model="{V1}",route="{route}",status="OK"}}' in text

@@ -158,24 +158,35 @@ def test_classification_extension_top5_strings(
     assert parsed[0][2] == "Egyptian cat"
 
 
-def batch_metrics(server: ServerProcess, variant: str) -> tuple[float, float]:
+def histogram(server: ServerProcess, metric: str, variant: str) -> tuple[float, float]:
+    """(count, sum) of a per-variant Prometheus histogram."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    count = re.search(rf'mobilenet_batch_size_count{{variant="{variant}"}} (\S+)', text)
-    total = re.search(rf'mobilenet_batch_size_sum{{variant="{variant}"}} (\S+)', text)
-    return float(count.group(1)), float(total.group(1))
+    count = re.search(rf'{metric}_count{{variant="{variant}"}} (\S+)', text)
+    total = re.search(rf'{metric}_sum{{variant="{variant}"}} (\S+)', text)
+    return (float(count.group(1)), float(total.group(1))) if count and total else (0.0, 0.0)
 
 
-def test_a_batch_of_8_images_is_one_batch_not_8(
+def one_request_of(server: ServerProcess, variant: str, n: int, call) -> object:
+    """Run ``call``; check its n images were ONE batcher request and all of them ran."""
+    requests = histogram(server, "mobilenet_client_batch_images", variant)
+    batches = histogram(server, "mobilenet_batch_size", variant)
+    result = call()
+    requests_after = histogram(server, "mobilenet_client_batch_images", variant)
+    batches_after = histogram(server, "mobilenet_batch_size", variant)
+    assert (requests_after[0] - requests[0], requests_after[1] - requests[1]) == (1, n)
+    assert batches_after[1] - batches[1] == n  # every image ran ...
+    assert batches_after[0] - batches[0] <= n  # ... in batches cut from that one request
+    return result
+
+
+def test_a_batch_of_8_images_is_one_request_not_8(
     client: Any, server: ServerProcess, cat: bytes, images_dir: Path
 ) -> None:
     bird = (images_dir / "bird.bmp").read_bytes()
-    images = [cat, bird] * 4
-    before = batch_metrics(server, V1)
-    probs = client.infer(V1, [image_input(images)]).as_numpy("PROBABILITIES")
-    after = batch_metrics(server, V1)
+    result = one_request_of(server, V1, 8, lambda: client.infer(V1, [image_input([cat, bird] * 4)]))
+    probs = result.as_numpy("PROBABILITIES")
     assert probs.shape == (8, 1000)
     assert list(probs.argmax(axis=1)) == [EGYPTIAN_CAT, 19] * 4  # chickadee
-    assert (after[0] - before[0], after[1] - before[1]) == (1, 8)  # one batch of 8
 
 
 def test_unknown_model_and_version_are_404(client: Any, cat: bytes) -> None:

@@ -86,6 +86,10 @@ class BatchObserver(Protocol):
     def on_reject(self, name: str) -> None:
         return None
 
+    def on_submit_many(self, name: str, size: int) -> None:
+        """A client batch of ``size`` items was queued as one request (``submit_many``)."""
+        return None
+
     def on_expire(self, name: str) -> None:
         return None
 
@@ -301,6 +305,7 @@ class Batcher(Generic[T, R]):
             return [entries[0].future.result()]  # raises DeadlineExceeded
         self._queue.extend(entries)
         self._wakeup.set()
+        self._notify("on_submit_many", n)
         futures = [e.future for e in entries]
         try:
             timeout = None if deadline is None else deadline - now

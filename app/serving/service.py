@@ -410,10 +410,13 @@ class ClassifierService:
             raise NotReady("models are still loading; retry shortly")
 
     # ------------------------------------------------- client batches (the protocols)
-    def admit_batch(self, target: LoadedVariant, images: int) -> contextlib.AbstractContextManager:
-        """Admission for a request carrying ``images`` images: the one place a client
-        batch's size meets admission (``admit`` counts one request; once it takes a
-        ``cost`` keyword, ``images`` is that cost)."""
+    def admit_batch(
+        self, target: LoadedVariant, count: int, images: Sequence[bytes] = ()
+    ) -> contextlib.AbstractContextManager:
+        """Admission for ONE request carrying ``count`` images (``images``: their encoded
+        bytes, empty for decoded pixels). The one place a client batch's size meets
+        admission: with cost-aware admission (``admit(target, cost=...)``) its cost is
+        the sum of its images' decode costs (``count`` for pixels, 1 each)."""
         return self.admit(target)
 
     async def infer_many(
@@ -430,7 +433,7 @@ class ClassifierService:
         if (images is None) == (pixels is None):
             raise ValueError("pass images or pixels")
         n = len(images) if images is not None else int(pixels.shape[0])
-        with self.admit_batch(target, n):
+        with self.admit_batch(target, n, images or ()):
             t0 = time.perf_counter()
             if images is not None:
                 items = await self._decode_all(images, target)
