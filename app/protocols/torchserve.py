@@ -111,9 +111,9 @@ async def _predict(
     request.state.model = target.name
     if version is not None and version not in VERSIONS:
         raise UnknownModel(f"model {target.name} has no version {version!r}; it has 1.0")
-    with service.admit(target):  # refuse a flood before reading its bodies
-        data = await _read(request, settings.max_upload_bytes)
-        result = await service.classify(data, target, topk=TOPK, deadline=deadline, admit=False)
+    # As /predict: the upload is read first, then classify takes the admission slot.
+    data = await _read(request, settings.max_upload_bytes)
+    result = await service.classify(data, target, topk=TOPK, deadline=deadline)
     return JSONResponse({p.label: round(p.score, 6) for p in result.predictions})
 
 
