@@ -284,3 +284,41 @@ def test_our_proto_is_wire_identical_to_the_official_client_s() -> None:
                 for f in a.fields:
                     if f.message_type is not None:
                         stack.append((f.message_type, b.fields_by_name[f.name].message_type))
+
+
+def test_request_id_echoed_and_grpc_stops_with_the_app(weights_dir: Path) -> None:
+    import time
+
+    import grpc
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+    from app.protocols.oip_v2_grpc import SERVICE, messages
+    from app.settings import Settings
+
+    msg = messages()
+    port = free_port()
+    settings = Settings(weights_dir=weights_dir, variants=["v1-0.25-128"], grpc_port=port)
+
+    def live(channel: grpc.Channel, **kw: Any) -> Any:
+        call = channel.unary_unary(
+            f"/{SERVICE}/ServerLive",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=msg["ServerLiveResponse"].FromString,
+        )
+        return call.with_call(msg["ServerLiveRequest"](), timeout=5, **kw)
+
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer, call = live(channel, metadata=[("x-request-id", "grpc-7")])
+            assert answer.live
+            assert dict(call.initial_metadata())["x-request-id"] == "grpc-7"
+            _, call = live(channel)  # none sent: one is made
+            assert re.fullmatch(r"[0-9a-f]{32}", dict(call.initial_metadata())["x-request-id"])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # the lifespan stopped it
+        with pytest.raises(grpc.RpcError) as info:
+            live(channel)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
