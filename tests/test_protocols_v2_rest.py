@@ -231,3 +231,23 @@ def test_bad_requests_get_400_in_the_v2_error_shape(
     r = httpx.post(f"{server.url}/v2/models/v3/infer", json=body, timeout=30)
     assert r.status_code == 400, r.text
     assert set(r.json()) == {"error"} and needle in r.json()["error"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(
+    client: Any, server: ServerProcess, cat: bytes, algorithm: str
+) -> None:
+    result = client.infer("v3", [image_input([cat])], request_compression_algorithm=algorithm)
+    expected = predict_top5(server, cat, V3)
+    assert_matches_predict(result.as_numpy("PROBABILITIES")[0], expected)
+
+
+def test_a_compressed_bomb_stops_at_the_upload_limit(make_client: Any) -> None:
+    import gzip
+
+    client = make_client(max_upload_bytes=64 * 1024)
+    bomb = gzip.compress(b"{" + b" " * (10 * 1024 * 1024) + b"}")  # 10 MiB of JSON, ~10 KiB
+    r = client.post("/v2/models/v1/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "inflates past" in r.json()["error"]
+    bad = client.post("/v2/models/v1/infer", content=b"nope", headers={"Content-Encoding": "gzip"})
+    assert bad.status_code == 400 and "gzip" in bad.json()["error"]

@@ -10,6 +10,7 @@ are JSON, or the same layout when an output asks for ``binary_data``.
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, PayloadTooLarge
 from app.protocols import oip_v2
 from app.protocols.common import EXAMPLE_PNG, NoNulls
 from app.protocols.routing import protocol_route, read_limited
@@ -264,6 +265,27 @@ def _ready(
 
 
 # --- infer --------------------------------------------------------------------------------
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress a request body, never past ``limit`` bytes (a zip bomb stops there)."""
+    inflater = zlib.decompressobj(WBITS[encoding])
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"the body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(
+            f"the {encoding} body inflates past the {limit} byte limit "
+            "(MOBILENET_MAX_UPLOAD_BYTES)",
+            limit_bytes=limit,
+        )
+    if not inflater.eof:
+        raise InvalidRequest(f"the {encoding} body is truncated")
+    return out
+
+
 def _split_body(body: bytes, header_length: str | None) -> tuple[InferenceRequest, memoryview]:
     if header_length is None:
         json_part, rest = body, b""
@@ -403,10 +425,14 @@ async def _infer(
 ) -> Response:
     target = oip_v2.resolve(service, name, version)
     request.state.model = target.name
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding not in ("", "identity"):
-        raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported; send identity")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", *WBITS):
+        raise InvalidRequest(
+            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity"
+        )
     body = await read_limited(request, settings.max_upload_bytes)
+    if encoding in WBITS:  # tritonclient's request_compression_algorithm
+        body = _inflate(body, encoding, settings.max_upload_bytes)
     req, binary = _split_body(body, header_length)
     oip_v2.check_inputs(req.inputs, target)
     tensor, used = _parse_input(req.inputs[0], binary, 0, target, settings.max_batch_files)
