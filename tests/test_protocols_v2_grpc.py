@@ -322,3 +322,65 @@ def test_request_id_echoed_and_grpc_stops_with_the_app(weights_dir: Path) -> Non
         with pytest.raises(grpc.RpcError) as info:
             live(channel)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_typed_contents_and_malformed_requests(weights_dir: Path, images_dir: Path) -> None:
+    """What tritonclient never sends: typed ``contents`` instead of raw bytes, and
+    requests that break the protocol's own rules."""
+    import time
+
+    import grpc
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+    from app.imaging import prepare
+    from app.protocols.oip_v2_grpc import SERVICE, messages
+    from app.settings import Settings
+    from app.weights import SPECS_BY_NAME
+
+    variant = "v1-0.25-128"
+    msg = messages()
+    req_cls = msg["ModelInferRequest"]
+    cat = (images_dir / "cat.bmp").read_bytes()
+    pixels = prepare(cat, SPECS_BY_NAME[variant].preprocessing, max_pixels=10**8)
+    port = free_port()
+    settings = Settings(weights_dir=weights_dir, variants=[variant], grpc_port=port)
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        expected = client.post(
+            f"/predict?variant={variant}", files={"file": ("cat.bmp", cat)}
+        ).json()["predictions"]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            infer = channel.unary_unary(
+                f"/{SERVICE}/ModelInfer",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=msg["ModelInferResponse"].FromString,
+            )
+            image = req_cls.InferInputTensor(name="IMAGE", datatype="BYTES", shape=[1])
+            image.contents.bytes_contents.append(cat)
+            pix = req_cls.InferInputTensor(
+                name="PIXELS", datatype="UINT8", shape=[1, *pixels.shape]
+            )
+            pix.contents.uint_contents.extend(pixels.reshape(-1).tolist())
+            for tensor in (image, pix):
+                answer = infer(req_cls(model_name=variant, inputs=[tensor]), timeout=30)
+                probs = np.frombuffer(answer.raw_output_contents[0], dtype="<f4")
+                assert list(answer.outputs[0].shape) == [1, 1000]
+                assert int(probs.argmax()) == expected[0]["index"]
+                assert probs[expected[0]["index"]] == pytest.approx(expected[0]["score"], abs=1e-6)
+            bad = [
+                req_cls(model_name=variant, inputs=[image], raw_input_contents=[b"", b""]),
+                req_cls(
+                    model_name=variant,
+                    inputs=[image],
+                    outputs=[req_cls.InferRequestedOutputTensor(name="LOGITS")],
+                ),
+                req_cls(model_name=variant, inputs=[image, image]),
+                req_cls(model_name=variant),
+            ]
+            for request in bad:
+                with pytest.raises(grpc.RpcError) as info:
+                    infer(request, timeout=30)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
