@@ -37,11 +37,11 @@ STATUS_BY_CODE: dict[str, int] = {
     errors.WeightsError.code: 500,
     errors.ServiceError.code: 500,
 }
-# --- the other protocols' shapes (app/protocols): same domain codes, their conventions.
+# --- the other protocols' shapes (app/protocols): same domain errors, their conventions.
 # OIP v2 (KServe v2 / Triton), KServe v1 / TF Serving and TorchServe answer a bad request
-# with 400 (the image is one tensor element of the request, not the request's media type).
-PROTOCOL_STATUS_BY_CODE: dict[str, int] = {
-    **STATUS_BY_CODE,
+# with 400 (the image is one tensor element of the request, not the request's media
+# type); an error class inherits its parent's override (a new kind of InvalidRequest too).
+PROTOCOL_STATUS_OVERRIDES: dict[str, int] = {
     errors.InvalidRequest.code: 400,
     errors.UnsupportedMediaType.code: 400,
     errors.CorruptImage.code: 400,
@@ -53,38 +53,44 @@ TORCHSERVE_TYPE_BY_STATUS: dict[int, str] = {
     401: "InvalidKeyException",
     404: "ModelNotFoundException",
     405: "MethodNotAllowedException",
+    408: "RequestTimeoutException",
     413: "RequestEntityTooLargeException",
+    429: "ServiceUnavailableException",
     500: "InternalServerException",
     503: "ServiceUnavailableException",
     504: "RequestTimeoutException",
 }
-# gRPC status code names (grpc.StatusCode members), so this module never imports grpc.
-GRPC_STATUS_BY_CODE: dict[str, str] = {
-    errors.InvalidRequest.code: "INVALID_ARGUMENT",
-    errors.UnknownModel.code: "NOT_FOUND",
-    errors.Unauthorized.code: "UNAUTHENTICATED",
-    errors.UnsupportedMediaType.code: "INVALID_ARGUMENT",
-    errors.CorruptImage.code: "INVALID_ARGUMENT",
-    errors.PayloadTooLarge.code: "RESOURCE_EXHAUSTED",
-    errors.ImageTooLarge.code: "INVALID_ARGUMENT",
-    errors.Overloaded.code: "UNAVAILABLE",
-    errors.DeadlineExceeded.code: "DEADLINE_EXCEEDED",
-    errors.ShuttingDown.code: "UNAVAILABLE",
-    errors.NotReady.code: "UNAVAILABLE",
-    errors.InferenceFailed.code: "INTERNAL",
-    errors.WeightsError.code: "INTERNAL",
-    errors.ServiceError.code: "INTERNAL",
+# gRPC status code names (grpc.StatusCode members, so this module never imports grpc),
+# from the HTTP status as the gRPC spec pairs them: every domain error has one.
+GRPC_STATUS_BY_HTTP: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 
 
 def protocol_status_for(exc: errors.ServiceError) -> int:
     """HTTP status of a domain error on the OIP v2, KServe v1 and TorchServe routes."""
-    return PROTOCOL_STATUS_BY_CODE.get(exc.code, 500)
+    for cls in type(exc).__mro__:
+        code = getattr(cls, "code", None)
+        if code in PROTOCOL_STATUS_OVERRIDES:
+            return PROTOCOL_STATUS_OVERRIDES[code]
+    return status_for(exc)
 
 
 def grpc_status_for(exc: errors.ServiceError) -> str:
-    """gRPC status code name of a domain error."""
-    return GRPC_STATUS_BY_CODE.get(exc.code, "INTERNAL")
+    """gRPC status code name of a domain error (``INTERNAL`` for anything unmapped)."""
+    return GRPC_STATUS_BY_HTTP.get(status_for(exc), "INTERNAL")
 
 
 def protocol_headers(exc: errors.ServiceError) -> dict[str, str]:
