@@ -19,8 +19,8 @@ ALL_ERRORS = [
 
 
 def make(cls: type[errors.ServiceError]) -> errors.ServiceError:
-    if cls is errors.Overloaded:
-        return errors.Overloaded("full", retry_after=2.2)
+    if issubclass(cls, errors.Overloaded):
+        return cls("full", retry_after=2.2)
     return cls("what went wrong")
 
 
