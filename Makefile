@@ -9,7 +9,7 @@ PORT ?= 8000
 MOBILENET_WEIGHTS_MIRROR ?= $(wildcard $(abspath ../shared/pretrained/tflite))
 export MOBILENET_WEIGHTS_MIRROR
 
-.PHONY: install serve weights test lint fmt bench audit clean
+.PHONY: install serve weights test lint fmt bench audit clean kserve-venv openapi-client-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ fmt: install
 
 bench: weights
 	$(BIN)/python -m bench.run
+
+# The kserve SDK pins clash with this project's (psutil, kubernetes, pandas): its clients
+# get a venv of their own, used by tests/test_protocols_kserve_sdk.py when present.
+kserve-venv:
+	test -x .venv-kserve/bin/python || $(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/pip install -q kserve
+
+# openapi-python-client pins httpx below ours: it too gets a venv of its own, used by
+# tests/test_openapi_client.py when present.
+openapi-client-venv:
+	test -x .venv-opc/bin/python || $(PYTHON) -m venv .venv-opc
+	.venv-opc/bin/pip install -q openapi-python-client
 
 audit: install
 	$(BIN)/pip-audit --progress-spinner off --skip-editable

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     # --- serving ---
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol v2 gRPC server (Triton's 8001); "
+        "0 turns gRPC off.",
+    )
     workers: int = Field(
         1, ge=1, le=64, description="Server processes on the port (each loads the models)."
     )
@@ -135,7 +142,11 @@ class Settings(BaseSettings):
     # --- intake ---
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Upload size limit.")
     max_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb pixel limit.")
-    max_batch_files: int = Field(32, ge=1, description="Files per /predict/batch request.")
+    max_batch_files: int = Field(
+        32,
+        ge=1,
+        description="Files per /predict/batch request; images per OIP v2 or KServe v1 request.",
+    )
     max_uploads: int = Field(
         512,
         ge=1,

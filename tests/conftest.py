@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOBILENET_SHARED_DIR", REPO.parent / "shared"))
 MIRROR = SHARED / "pretrained" / "tflite"
 IMAGES = SHARED / "images"
+# Apps built in tests serve no gRPC unless a test asks (its default port, 8001, would
+# clash between apps and with other test runs); tests/servers.py does the same.
+os.environ.setdefault("MOBILENET_GRPC_PORT", "0")
 
 
 def _need(path: Path) -> Path:

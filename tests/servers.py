@@ -150,6 +150,7 @@ def server_env(
         MOBILENET_WEIGHTS_DIR=str(Path(weights_dir).resolve()),
         MOBILENET_VARIANTS=",".join(variants),
         MOBILENET_LOG_LEVEL="warning",
+        MOBILENET_GRPC_PORT="0",  # a test that wants gRPC passes a free port in env
         PYTHONUNBUFFERED="1",
     )
     # `python -m app` must import this checkout even where it is not pip-installed.

@@ -326,3 +326,24 @@ def test_headline_stats_take_medians_over_the_grid_and_the_repeats() -> None:
     text = headline_markdown(h)
     assert "x1.67" in text and "x0.54" in text and "3 times" in text
     assert headline_stats(grid[:2], []) is None  # no peer measured: nothing to compare
+
+
+@pytest.mark.slow
+def test_protocols_bench_runs_each_protocol_against_one_server(weights_dir: Path) -> None:
+    """bench/protocols.py answers every request on all three rows (speed not judged)."""
+    from bench import protocols
+
+    args = protocols.argparse.Namespace(
+        variant="v1-0.25-128",
+        input="small",
+        concurrency=2,
+        seconds=1.0,
+        warmup=0.3,
+        repeats=1,
+        weights=str(weights_dir),
+    )
+    report = protocols.run(args)
+    assert list(report["rows"]) == ["/predict multipart", "OIP v2 REST binary", "OIP v2 gRPC"]
+    for name, row in report["rows"].items():
+        assert row["ok"] > 0 and not row["errors"], (name, row)
+    assert "| OIP v2 gRPC |" in protocols.markdown(report)

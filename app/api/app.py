@@ -23,6 +23,7 @@ from app.api.errors import install_error_handlers, send_error
 from app.api.explain_routes import router as explain_router
 from app.api.intake import UploadCounter, UploadGuardMiddleware, UploadLimits
 from app.api.middleware import BodyLimitMiddleware, FastRejectMiddleware, RequestIdMiddleware
+from app.api.openapi import install_openapi
 from app.api.routes import router
 from app.errors import WeightsError
 from app.observability.metrics import Metrics
@@ -61,6 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Process-wide, so set while serving and restored after (tests build many apps).
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+        grpc_server = None
+        if settings.grpc_port:  # OIP v2 over gRPC, on this loop, sharing the service
+            from app.protocols.oip_v2_grpc import GrpcServer
+
+            grpc_server = GrpcServer(service, settings)
+            await grpc_server.start()
         loading = asyncio.create_task(_load(service))
         app.state.loading = loading
         heartbeat = asyncio.create_task(_heartbeat(service))
@@ -69,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             service.begin_draining()
             heartbeat.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_grace_s)
             if not loading.done():
                 loading.cancel()
             await service.close()
@@ -96,6 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(explain_router)
+    from app.protocols import install_protocols
+
+    # before the UI, whose mount catches every other path
+    install_openapi(app, settings, install_protocols(app))
     from app.api.ui import install_ui
 
     install_ui(app)

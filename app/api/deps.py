@@ -8,6 +8,7 @@ loop under load (py-spy, bench/). These only read state, so they never block.
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from typing import Annotated
 
@@ -46,6 +47,26 @@ async def require_api_key(
         raise Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'")
 
 
+# What the schema documents is exactly what is accepted: 1-600000, digits only.
+TIMEOUT_HEADER_PATTERN = r"^(?:[1-9][0-9]{0,4}|[1-5][0-9]{5}|600000)$"
+_TIMEOUT_HEADER_RE = re.compile(TIMEOUT_HEADER_PATTERN)
+
+
+def _header_timeout_ms(value: str) -> int:
+    try:
+        ms = float(value)
+        int(ms)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            "X-Request-Timeout must be a number of milliseconds (1-600000)"
+        ) from None
+    if not 1 <= ms <= 600_000:
+        raise InvalidRequest("X-Request-Timeout must be between 1 and 600000 ms")
+    if not _TIMEOUT_HEADER_RE.match(value):
+        raise InvalidRequest("X-Request-Timeout must be whole milliseconds (1-600000), digits only")
+    return int(value)
+
+
 async def deadline(
     settings: SettingsDep,
     timeout_ms: Annotated[
@@ -58,20 +79,17 @@ async def deadline(
         ),
     ] = None,
     x_request_timeout: Annotated[
-        str | None, Header(description="Same as timeout_ms, in ms.")
+        str | None,
+        Header(
+            description="Same as timeout_ms: whole milliseconds, 1-600000.",
+            # documented, not enforced by FastAPI: _header_timeout_ms says what is wrong
+            json_schema_extra={"pattern": TIMEOUT_HEADER_PATTERN},
+        ),
     ] = None,
 ) -> float:
     """Absolute ``time.monotonic()`` deadline of this request."""
-    ms = timeout_ms
-    if ms is None and x_request_timeout is not None:
-        try:
-            ms = int(float(x_request_timeout))
-        except (ValueError, OverflowError):
-            raise InvalidRequest(
-                "X-Request-Timeout must be a number of milliseconds (1-600000)"
-            ) from None
-        if not 1 <= ms <= 600_000:
-            raise InvalidRequest("X-Request-Timeout must be between 1 and 600000 ms")
+    header_ms = None if x_request_timeout is None else _header_timeout_ms(x_request_timeout)
+    ms = timeout_ms if timeout_ms is not None else header_ms
     return time.monotonic() + (ms if ms is not None else settings.request_timeout_ms) / 1000
 
 

@@ -41,6 +41,82 @@ STATUS_BY_CODE: dict[str, int] = {
     errors.WeightsError.code: 500,
     errors.ServiceError.code: 500,
 }
+# --- the other protocols' shapes (app/protocols): same domain errors, their conventions.
+# OIP v2 (KServe v2 / Triton), KServe v1 / TF Serving and TorchServe answer a bad request
+# with 400 (the image is one tensor element of the request, not the request's media
+# type); an error class inherits its parent's override (a new kind of InvalidRequest too).
+PROTOCOL_STATUS_OVERRIDES: dict[str, int] = {
+    errors.InvalidRequest.code: 400,
+    errors.UnsupportedMediaType.code: 400,
+    errors.CorruptImage.code: 400,
+    errors.ImageTooLarge.code: 400,
+}
+# TorchServe's ``{"code", "type", "message"}``: the exception type it names per status.
+TORCHSERVE_TYPE_BY_STATUS: dict[int, str] = {
+    400: "BadRequestException",
+    401: "InvalidKeyException",
+    404: "ModelNotFoundException",
+    405: "MethodNotAllowedException",
+    408: "RequestTimeoutException",
+    413: "RequestEntityTooLargeException",
+    429: "ServiceUnavailableException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+    504: "RequestTimeoutException",
+}
+# gRPC status code names (grpc.StatusCode members, so this module never imports grpc),
+# from the HTTP status as the gRPC spec pairs them: every domain error has one.
+GRPC_STATUS_BY_HTTP: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def protocol_status_for(exc: errors.ServiceError) -> int:
+    """HTTP status of a domain error on the OIP v2, KServe v1 and TorchServe routes."""
+    for cls in type(exc).__mro__:
+        code = getattr(cls, "code", None)
+        if code in PROTOCOL_STATUS_OVERRIDES:
+            return PROTOCOL_STATUS_OVERRIDES[code]
+    return status_for(exc)
+
+
+def grpc_status_for(exc: errors.ServiceError) -> str:
+    """gRPC status code name of a domain error (``INTERNAL`` for anything unmapped)."""
+    return GRPC_STATUS_BY_HTTP.get(status_for(exc), "INTERNAL")
+
+
+def protocol_headers(exc: errors.ServiceError) -> dict[str, str]:
+    """Retry-After / WWW-Authenticate, as on our own routes."""
+    if isinstance(exc, errors.Overloaded):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if isinstance(exc, errors.ShuttingDown | errors.NotReady):
+        return {"Retry-After": "1"}
+    if isinstance(exc, errors.Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def protocol_error_body(protocol: str, status: int, message: str) -> dict[str, object]:
+    """The error body each protocol's clients parse: ``{"error": msg}`` (OIP v2, KServe v1,
+    TF Serving) or ``{"code", "type", "message"}`` (TorchServe)."""
+    if protocol == "torchserve":
+        kind = TORCHSERVE_TYPE_BY_STATUS.get(status, "InternalServerException")
+        return {"code": status, "type": kind, "message": message}
+    return {"error": message}
+
+
 _CODE_BY_HTTP = {
     400: "invalid_request",
     404: "not_found",

@@ -86,6 +86,10 @@ class BatchObserver(Protocol):
     def on_reject(self, name: str) -> None:
         return None
 
+    def on_submit_many(self, name: str, size: int) -> None:
+        """A client batch of ``size`` items was queued as one request (``submit_many``)."""
+        return None
+
     def on_expire(self, name: str) -> None:
         return None
 
@@ -268,6 +272,69 @@ class Batcher(Generic[T, R]):
             else:
                 fut.exception()  # answered just before the cancel: mark any error as seen
             raise
+
+    async def submit_many(
+        self, items: Sequence[T], *, deadline: float | None = None
+    ) -> list[Completed[R]]:
+        """Queue ``items`` together as one request and wait for all their results, in order.
+
+        Why not N ``submit`` calls: a client that sends a batch (an OIP v2 tensor of N
+        images) is one request. Its items enter the queue back to back in one step, so
+        they ride in the same batch (or consecutive ones past ``max_batch_size``), and
+        they are refused, expired or cancelled as a unit: one Overloaded if they do not
+        all fit, one DeadlineExceeded if any of them has not started by ``deadline``.
+        """
+        if not items:
+            return []
+        if self._closing:
+            raise ShuttingDown(f"model {self.name} is shutting down and takes no new requests")
+        if not self.running:
+            raise NotReady(f"the batch worker of model {self.name} is not running")
+        n = len(items)
+        self._stats.submitted += n
+        if len(self._queue) + n > self._queue_limit:
+            self._stats.rejected += n
+            self._notify("on_reject")
+            retry = self.retry_after_s()
+            raise Overloaded(
+                f"model {self.name} has {len(self._queue)} requests queued and takes at most"
+                f" {self._queue_limit}; {n} more do not fit; retry in {retry}s",
+                retry_after=retry,
+            )
+        now = self._clock()
+        loop = asyncio.get_running_loop()
+        entries = [_Entry(item, loop.create_future(), now, deadline) for item in items]
+        if deadline is not None and deadline <= now:
+            for entry in entries:
+                self._expire(entry)
+            return [entries[0].future.result()]  # raises DeadlineExceeded
+        self._queue.extend(entries)
+        self._wakeup.set()
+        self._notify("on_submit_many", n)
+        futures = [e.future for e in entries]
+        try:
+            timeout = None if deadline is None else deadline - now
+            await asyncio.wait(futures, timeout=timeout)
+            if deadline is not None and not all(f.done() for f in futures):
+                for entry in entries:  # not started by the deadline: no compute spent on it
+                    if not entry.future.done() and not entry.taken:
+                        self._unqueue(entry)
+                        self._expire(entry)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except asyncio.CancelledError:
+            for entry in entries:
+                if not entry.future.done():
+                    entry.future.cancel()
+                if entry.future.cancelled():
+                    self._unqueue(entry)
+                    self._stats.cancelled += 1
+                else:
+                    entry.future.exception()  # settled before the cancel: mark as seen
+            raise
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
 
     # --- worker -----------------------------------------------------------------------------
     async def _run(self) -> None:

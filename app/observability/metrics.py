@@ -103,6 +103,14 @@ class Metrics:
             ["variant"],
             registry=r,
         )
+        self.client_batch = Histogram(
+            "mobilenet_client_batch_images",
+            "Images per multi-image request (OIP v2 tensor, KServe v1 instances), queued "
+            "together as ONE batcher request",
+            ["variant"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.rejected = Counter(
             "mobilenet_rejected",
             "Requests refused because the queue was full",
@@ -249,6 +257,9 @@ class BatcherMetrics:
 
     def on_reject(self, name: str) -> None:
         self.m.rejected.labels(name).inc()
+
+    def on_submit_many(self, name: str, size: int) -> None:
+        self.m.client_batch.labels(name).observe(size)
 
     def on_expire(self, name: str) -> None:
         self.m.timed_out.labels(name).inc()
