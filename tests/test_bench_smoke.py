@@ -267,7 +267,8 @@ def test_a_timed_window_closes_at_its_deadline_not_at_a_late_answer(monkeypatch)
 
 
 def test_http_ceiling_adds_the_cost_of_a_request_to_the_pipeline_limit() -> None:
-    from bench.run import Row, http_ceiling
+    from bench.report import http_ceiling
+    from bench.rows import Row
 
     null = Row("null-http", "none", "720p", 16, 700.0, 20, 25, 30, {}, 30, 1000, 1000, 4.0)
     null.server_cpu_ms, null.client_cpu_ms = 0.5, 1.0
@@ -277,13 +278,15 @@ def test_http_ceiling_adds_the_cost_of_a_request_to_the_pipeline_limit() -> None
 
 
 def _cell(server: str, rps: float, p99: float, *, conc: int = 16, inp: str = "720p"):
-    from bench.run import Row
+    from bench.rows import Row
 
     return Row(server, "v3-small-1.0-224", inp, conc, rps, 50, 80, p99, {}, 700, 500, 500, 4.0)
 
 
 def test_headline_repeats_alternate_and_restart_each_server(monkeypatch, tmp_path: Path) -> None:
-    import bench.run as br
+    import bench.cells as br
+    from bench.inputs import Input
+    from bench.servers import server_defs
 
     started: list[str] = []
 
@@ -295,15 +298,15 @@ def test_headline_repeats_alternate_and_restart_each_server(monkeypatch, tmp_pat
         return run
 
     monkeypatch.setattr(br, "bench_server", fake_bench_server)
-    inp = br.Input("720p", b"x", "image/jpeg", "a.jpg", (1280, 720))
-    rows = br.headline_repeats(br.server_defs({}), tmp_path, inp, br.QUICK, tmp_path, rounds=3)
+    inp = Input("720p", b"x", "image/jpeg", "a.jpg", (1280, 720))
+    rows = br.headline_repeats(server_defs({}), tmp_path, inp, br.QUICK, tmp_path, rounds=3)
     # peer first in round 0, so each server's runs spread evenly over the time taken
     assert started == ["litserve", "ours", "ours", "litserve", "litserve", "ours"]
     assert [r.server for r in rows] == started
 
 
 def test_headline_stats_take_medians_over_the_grid_and_the_repeats() -> None:
-    from bench.run import headline_markdown, headline_stats
+    from bench.report import headline_markdown, headline_stats
 
     grid = [
         _cell("ours", 150.0, 150.0),
