@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
 
+from bench import wrk
 from bench.inputs import Input
-from bench.loadgen import LoadResult, LoadSpec, run_load_sync
-from bench.rows import HEADLINE, HEADLINE_PEER, Row, format_row
+from bench.loadgen import LoadResult, LoadSpec, encode_multipart, run_load_sync
+from bench.rows import HEADLINE, HEADLINE_PEER, Row, WrkRow, format_row
 from bench.servers import (
     READY_TIMEOUT_S,
     Running,
@@ -38,9 +40,42 @@ class Counts:
     warmup_seconds: float = 2.0
     max_seconds: float = 4.0
     timeout_s: float = 30.0
+    wrk_warmup_s: float = 2.0  # wrk cells: a warm-up run, then a measured run (whole s)
+    wrk_seconds: float = 6.0
 
 
-QUICK = Counts(requests=20, warmup_per_user=1, min_warmup=2, warmup_seconds=1.0, max_seconds=3.0)
+QUICK = Counts(
+    requests=20,
+    warmup_per_user=1,
+    min_warmup=2,
+    warmup_seconds=1.0,
+    max_seconds=3.0,
+    wrk_warmup_s=1.0,
+    wrk_seconds=2.0,
+)
+
+
+@dataclass(frozen=True)
+class WrkCell:
+    """One wrk cell to run against a server: an input, how it is sent, a concurrency."""
+
+    input: str
+    body: str = "multipart"  # or "raw": the image bytes as the body (ours only)
+    concurrency: int = HEADLINE[2]
+
+
+def wrk_plan(server: str, variant: str, inputs: list[str]) -> list[WrkCell]:
+    """The wrk cells of one server run: ours on every input (and the headline input sent
+    raw, for the headline variant); every other server on the headline cell only."""
+    head_variant, head_input, _ = HEADLINE
+    if server == "ours":
+        cells = [WrkCell(name) for name in inputs]
+        if variant == head_variant and head_input in inputs:
+            cells.append(WrkCell(head_input, "raw"))
+        return cells
+    if server != "null-http" and variant == head_variant and head_input in inputs:
+        return [WrkCell(head_input)]
+    return []
 
 
 @dataclass
@@ -54,6 +89,7 @@ class ServerRun:
     startup_s: float = math.nan
     rows: list[Row] = field(default_factory=list)
     failure: str | None = None
+    wrk_rows: list[WrkRow] = field(default_factory=list)
 
 
 def measure_cell(server: Running, inp: Input, spec: LoadSpec) -> Row:
@@ -66,6 +102,46 @@ def measure_cell(server: Running, inp: Input, spec: LoadSpec) -> Row:
         _row(server, inp, result),
         server_cpu_ms=server_s / n * 1e3,
         client_cpu_ms=client_s / n * 1e3,
+    )
+
+
+def measure_wrk(
+    server: Running, inp: Input, cell: WrkCell, counts: Counts, log_dir: Path
+) -> WrkRow:
+    """One wrk cell, with the server's CPU over the measured run and wrk's own."""
+    if cell.body == "raw":
+        payload, content_type = inp.data, inp.content_type
+    else:
+        payload, content_type = encode_multipart(inp.data, inp.content_type, inp.filename)
+    spec = wrk.WrkSpec(
+        url=server.predict_url,
+        body=payload,
+        content_type=content_type,
+        concurrency=cell.concurrency,
+        seconds=counts.wrk_seconds,
+        warmup_s=counts.wrk_warmup_s,
+        timeout_s=counts.timeout_s,
+    )
+    tag = f"{server.defn.name}-{server.variant}-{inp.name}-{cell.body}-c{cell.concurrency}"
+    result = wrk.run(spec, log_dir / "wrk", cpu=lambda: cpu_s(server.proc.pid), tag=tag)
+    n = max(1, result.answered)  # every answer, 503s too, as in the httpx cells
+    return WrkRow(
+        server=server.defn.name,
+        variant=server.variant,
+        input=inp.name,
+        concurrency=result.concurrency,
+        rps=result.rps,
+        p50_ms=result.p50_ms,
+        p95_ms=result.p95_ms,
+        p99_ms=result.p99_ms,
+        errors=result.errors,
+        rss_mb=rss_mb(server.proc.pid),
+        sent=result.answered,
+        ok=result.ok,
+        seconds=result.seconds,
+        server_cpu_ms=result.server_cpu_s / n * 1e3,
+        client_cpu_ms=result.client_cpu_s / n * 1e3,
+        body=cell.body,
     )
 
 
@@ -120,8 +196,11 @@ def bench_server(
     concurrencies: list[int],
     counts: Counts,
     log_dir: Path,
+    *,
+    wrk_cells: Sequence[WrkCell] = (),
 ) -> ServerRun:
-    """Start, measure and stop one server; a failure is recorded, not raised."""
+    """Start, measure (the httpx grid, then ``wrk_cells``) and stop one server; a failure
+    is recorded, not raised."""
     run = ServerRun(defn.name, variant)
     print(f"{defn.name} / {variant}: starting", flush=True)
     t0 = time.monotonic()
@@ -132,6 +211,10 @@ def bench_server(
             run.startup_s = time.monotonic() - t0
             run.rss_ready_mb = rss_mb(server.proc.pid)
             run.rows = drive(server, inputs, concurrencies, counts)
+            for cell in wrk_cells:
+                row = measure_wrk(server, inputs[cell.input], cell, counts, log_dir)
+                run.wrk_rows.append(row)
+                print(f"  wrk {cell.body:9s} " + format_row(row), flush=True)
             run.rss_after_mb = rss_mb(server.proc.pid)
         except (RuntimeError, httpx.HTTPError) as exc:
             run.failure = str(exc)
@@ -147,20 +230,29 @@ def headline_repeats(
     log_dir: Path,
     *,
     rounds: int,
-) -> list[Row]:
+    wrk_cell: WrkCell | None = None,
+) -> list[ServerRun]:
     """The headline cell again, ours and the peer each restarted for every round, in the
     order peer, ours, ours, peer, ...: this machine drifts by tens of per cent within
     minutes, so one cell per server, minutes apart, can flatter either side."""
     variant, _, conc = HEADLINE
-    rows: list[Row] = []
+    runs: list[ServerRun] = []
     for r in range(rounds):
         order = [HEADLINE_PEER, "ours"] if r % 2 == 0 else ["ours", HEADLINE_PEER]
         for name in order:
-            run = bench_server(
-                defs[name], variant, weights, {inp.name: inp}, [conc], counts, log_dir / f"r{r}"
+            runs.append(
+                bench_server(
+                    defs[name],
+                    variant,
+                    weights,
+                    {inp.name: inp},
+                    [conc],
+                    counts,
+                    log_dir / f"r{r}",
+                    wrk_cells=[wrk_cell] if wrk_cell else [],
+                )
             )
-            rows.extend(run.rows)
-    return rows
+    return runs
 
 
 def rss_soak(

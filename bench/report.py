@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench import headline as wrk_headline
 from bench import limits as limits_mod
 from bench.machine import machine_markdown
 from bench.rows import (
@@ -20,6 +21,7 @@ from bench.rows import (
     md_table,
     report_rows,
     row_cells,
+    wrk_rows,
 )
 
 
@@ -181,6 +183,38 @@ def limits_markdown(lim: dict[str, list[dict[str, Any]]]) -> str:
             for p in lim["pipeline"]
         ],
     )
+    rtc = (
+        "\n\n### Run to completion (the headline's limit: each core decodes then forwards "
+        "on its own thread and single-threaded LiteRT interpreter; CPU = this process's "
+        "user + system; V1/V2 have no hard-swish to rewrite)\n\n"
+        + md_table(
+            [
+                "variant",
+                "input",
+                "backend",
+                "threads",
+                "exact hard-swish",
+                "forward ms (1 thread)",
+                "img/s",
+                "CPU ms/img",
+            ],
+            [
+                [
+                    p["variant"],
+                    p["input"],
+                    p["backend"],
+                    str(p["threads"]),
+                    "yes" if p["exact_hard_swish"] else "no",
+                    fmt(p["forward_ms"], 2),
+                    fmt(p["img_s"]),
+                    fmt(p["cpu_ms"], 2),
+                ]
+                for p in lim["rtc"]
+            ],
+        )
+        if lim.get("rtc")
+        else ""
+    )
     return (
         "### Model forward alone (all cores, ready uint8 batch)\n\n"
         + fwd
@@ -189,7 +223,7 @@ def limits_markdown(lim: dict[str, list[dict[str, Any]]]) -> str:
         + "\n\n### Decode + preprocess alone (`app.imaging.prepare`, one thread)\n\n"
         + dec
         + "\n\n### In-process pipeline (decode pool of all cores -> batched forward, "
-        "the service's default backend)\n\n" + pipe
+        "the service's default backend)\n\n" + pipe + rtc
     )
 
 
@@ -225,6 +259,18 @@ def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> st
         "",
         machine_markdown(report["machine"], report["ours_env"]),
         "",
+        *(
+            [
+                f"## Headline: wrk at concurrency {HEADLINE[2]} against the same run's limit",
+                "",
+                wrk_headline.headline_markdown(
+                    report, wrk_rows(report, "wrk"), wrk_rows(report, "wrk_repeats")
+                ),
+                "",
+            ]
+            if "wrk" in report  # reports from before the wrk client have no such section
+            else []
+        ),
         "## Method",
         "",
         "Each server runs alone, as a subprocess on a loopback port, with only the benchmarked "

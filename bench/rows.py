@@ -39,6 +39,20 @@ class Row:
         return sum(self.errors.values())
 
 
+@dataclass
+class WrkRow(Row):
+    """A cell driven by ``wrk`` (``bench.wrk``): the same columns, measured over the
+    timed run only (warm-up excluded), latency over every answer; ``body`` is how the
+    image is sent: ``multipart`` (field ``file``) or ``raw`` (the image as the body)."""
+
+    body: str = "multipart"
+
+
+def wrk_rows(report: dict[str, Any], key: str) -> list[WrkRow]:
+    """A list of wrk rows of the JSON report (absent in older reports: [])."""
+    return [WrkRow(**r) for r in report.get(key, [])]
+
+
 def report_rows(report: dict[str, Any], key: str) -> list[Row]:
     """A list of rows of the JSON report as ``Row`` objects (absent in older reports: [])."""
     return [Row(**r) for r in report.get(key, [])]

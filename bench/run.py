@@ -39,8 +39,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from bench import headline as wrk_headline
 from bench import limits as limits_mod
-from bench.cells import QUICK, Counts, bench_server, headline_repeats, rss_soak
+from bench import wrk
+from bench.cells import (
+    QUICK,
+    Counts,
+    WrkCell,
+    bench_server,
+    headline_repeats,
+    rss_soak,
+    wrk_plan,
+)
 from bench.inputs import make_inputs
 from bench.machine import machine_info
 from bench.report import headline_stats, limit_rows, ratio_rows, render_markdown
@@ -54,6 +64,7 @@ from bench.rows import (
     fmt,
     format_row,
     report_rows,
+    wrk_rows,
 )
 from bench.servers import REPO, server_defs
 
@@ -92,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, help="request cap per cell (default 5000)")
     p.add_argument("--max-seconds", type=float, help="measured window per cell (default 4)")
     p.add_argument("--no-limits", action="store_true", help="skip the no-HTTP limits")
+    p.add_argument("--no-wrk", action="store_true", help="skip the wrk (headline client) cells")
+    p.add_argument(
+        "--wrk-seconds", type=float, help="measured run of each wrk cell (default 6, whole s)"
+    )
     p.add_argument(
         "--repeats",
         type=int,
@@ -153,6 +168,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             requests=args.requests or counts.requests,
             max_seconds=args.max_seconds or counts.max_seconds,
         )
+    if args.wrk_seconds:
+        counts = replace(counts, wrk_seconds=args.wrk_seconds)
     variants = args.variants or (
         list(DEFAULT_VARIANTS[:1]) if args.quick else list(DEFAULT_VARIANTS)
     )
@@ -170,12 +187,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = args.results_dir / f"logs-{stamp}"
     started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.monotonic()
 
+    wrk_client = _wrk_client(args)
+    use_wrk = not wrk_client.get("skipped")
     runs = [
-        bench_server(defs[s], v, weights, inputs, concurrencies, counts, log_dir)
+        bench_server(
+            defs[s],
+            v,
+            weights,
+            inputs,
+            concurrencies,
+            counts,
+            log_dir,
+            wrk_cells=wrk_plan(s, v, list(inputs)) if use_wrk else [],
+        )
         for v in variants
         for s in servers
     ]
-    repeats: list[Row] = []
+    repeat_runs = []
     rounds = args.repeats if args.repeats is not None else (0 if args.quick else DEFAULT_REPEATS)
     variant, input_name, conc = HEADLINE
     if (
@@ -186,8 +214,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         and conc in concurrencies
     ):
         print(f"headline cell again: {rounds} round(s) of {HEADLINE_PEER} and ours", flush=True)
-        repeats = headline_repeats(
-            defs, weights, inputs[input_name], counts, log_dir / "repeats", rounds=rounds
+        repeat_runs = headline_repeats(
+            defs,
+            weights,
+            inputs[input_name],
+            counts,
+            log_dir / "repeats",
+            rounds=rounds,
+            wrk_cell=WrkCell(input_name) if use_wrk else None,
         )
     lim: dict[str, list[dict[str, Any]]] = {}
     http_alone: list[Row] = []
@@ -213,10 +247,28 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "inputs": {k: v.describe() for k, v in inputs.items()},
         "server_runs": [asdict(r) for r in runs],
         "rows": [asdict(row) for r in runs for row in r.rows],
-        "headline_repeats": [asdict(row) for row in repeats],
+        "headline_repeats": [asdict(row) for r in repeat_runs for row in r.rows],
+        "wrk_client": wrk_client,
+        "wrk": [asdict(row) for r in runs for row in r.wrk_rows],
+        "wrk_repeats": [asdict(row) for r in repeat_runs for row in r.wrk_rows],
         "http_alone": [asdict(row) for row in http_alone],
         "limits": lim,
     }
+
+
+def _wrk_client(args: argparse.Namespace) -> dict[str, Any]:
+    """Which wrk drives the headline cells, or why none does (said in the report too)."""
+    if args.no_wrk:
+        return {"skipped": "--no-wrk"}
+    exe = wrk.find_wrk()
+    if exe is None:
+        print(
+            "WARNING: wrk is not installed, so the headline (wrk) cells are skipped; "
+            "install it with `apt-get install wrk`",
+            flush=True,
+        )
+        return {"skipped": "wrk is not installed (apt-get install wrk)"}
+    return {"path": exe, "version": wrk.version(exe)}
 
 
 def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
@@ -253,6 +305,17 @@ def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
             f"ours vs pipeline limit {cells[0]} {cells[1]}: limit {cells[3]} img/s, "
             f"ours {cells[4]} req/s -> {cells[5]}; HTTP ceiling {cells[6]} req/s -> {cells[7]}"
         )
+    wrk_all = wrk_rows(report, "wrk") + wrk_rows(report, "wrk_repeats")
+    rtc = report["limits"].get("rtc", [])
+    for s in wrk_headline.headline_stats(wrk_all, [], rtc):
+        print(
+            f"wrk {s['variant']} {s['input']} {s['body']}: req/s "
+            + ", ".join(fmt(x) for x in s["rps"])
+            + f" (median {fmt(s['rps_median'])}) vs limit {fmt(s['limit_img_s'])} img/s "
+            f"-> {fmt(s['limit_ratio'], 2)}; CPU {fmt(s['server_cpu_ms'], 2)} ms/req vs "
+            f"{fmt(s['limit_cpu_ms'], 2)} ms/img -> {fmt(s['cpu_ratio'], 2)}; "
+            f"p50 {fmt(s['p50_ms'])} p99 {fmt(s['p99_ms'])} ms"
+        )
     for s in report["server_runs"]:
         if s["failure"]:
             print(f"FAILED {s['server']} / {s['variant']}: {s['failure'].splitlines()[0]}")
@@ -286,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {docs}")
     failed = [s for s in report["server_runs"] if s["failure"]]
     # A 503 is admission control doing its job under overload (c=64), not a failure.
-    errors = sum(n for r in rows for kind, n in r.errors.items() if kind != "503")
+    wrk_all = wrk_rows(report, "wrk") + wrk_rows(report, "wrk_repeats")
+    errors = sum(n for r in rows + wrk_all for kind, n in r.errors.items() if kind != "503")
     return 1 if failed or errors else 0
 
 

@@ -290,19 +290,24 @@ def test_headline_repeats_alternate_and_restart_each_server(monkeypatch, tmp_pat
 
     started: list[str] = []
 
-    def fake_bench_server(defn, variant, weights, inputs, concurrencies, counts, log_dir):
+    def fake_bench_server(
+        defn, variant, weights, inputs, concurrencies, counts, log_dir, *, wrk_cells
+    ):
         started.append(defn.name)
         assert (variant, list(inputs), concurrencies) == ("v3-small-1.0-224", ["720p"], [16])
+        assert wrk_cells == [br.WrkCell("720p", "multipart", 16)]  # wrk re-measured too
         run = br.ServerRun(defn.name, variant)
         run.rows = [_cell(defn.name, 100.0, 200.0)]
         return run
 
     monkeypatch.setattr(br, "bench_server", fake_bench_server)
     inp = Input("720p", b"x", "image/jpeg", "a.jpg", (1280, 720))
-    rows = br.headline_repeats(server_defs({}), tmp_path, inp, br.QUICK, tmp_path, rounds=3)
+    runs = br.headline_repeats(
+        server_defs({}), tmp_path, inp, br.QUICK, tmp_path, rounds=3, wrk_cell=br.WrkCell("720p")
+    )
     # peer first in round 0, so each server's runs spread evenly over the time taken
     assert started == ["litserve", "ours", "ours", "litserve", "litserve", "ours"]
-    assert [r.server for r in rows] == started
+    assert [r.server for run in runs for r in run.rows] == started
 
 
 def test_headline_stats_take_medians_over_the_grid_and_the_repeats() -> None:
