@@ -282,8 +282,10 @@ def test_headline_compares_wrk_cells_with_the_limit_of_the_same_input() -> None:
         row.server_cpu_ms, row.client_cpu_ms, row.body = cpu, 0.02, body
         return row
 
-    rtc = [
+    rtc = [  # the headline cell's limit measured three times: medians are used
         {"variant": "v3-small-1.0-224", "input": "720p", "img_s": 300.0, "cpu_ms": 5.0},
+        {"variant": "v3-small-1.0-224", "input": "720p", "img_s": 250.0, "cpu_ms": 5.5},
+        {"variant": "v3-small-1.0-224", "input": "720p", "img_s": 500.0, "cpu_ms": 4.5},
         {"variant": "v3-small-1.0-224", "input": "small", "img_s": 500.0, "cpu_ms": 2.0},
     ]
     grid = [
@@ -296,6 +298,7 @@ def test_headline_compares_wrk_cells_with_the_limit_of_the_same_input() -> None:
     stats = {(s["input"], s["body"]): s for s in headline_stats(grid, repeats, rtc)}
     head = stats[("720p", "multipart")]
     assert head["rps"] == [240.0, 210.0] and head["rps_median"] == 225.0
+    assert head["limit_img_s_runs"] == [300.0, 250.0, 500.0] and head["limit_img_s"] == 300.0
     assert head["limit_ratio"] == pytest.approx(225 / 300)
     assert head["cpu_ratio"] == pytest.approx(6.25 / 5.0)
     assert stats[("small", "multipart")]["cpu_ratio"] == pytest.approx(1.5)
