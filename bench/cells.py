@@ -66,14 +66,17 @@ class WrkCell:
 
 def wrk_plan(server: str, variant: str, inputs: list[str]) -> list[WrkCell]:
     """The wrk cells of one server run: ours on every input (and the headline input sent
-    raw, for the headline variant); every other server on the headline cell only."""
+    raw, for the headline variant); every other server on the headline cell only; the
+    null server (no variant) on the headline input, for what HTTP alone costs with wrk."""
     head_variant, head_input, _ = HEADLINE
+    if server == "null-http":
+        return [WrkCell(head_input)] if head_input in inputs else []
     if server == "ours":
         cells = [WrkCell(name) for name in inputs]
         if variant == head_variant and head_input in inputs:
             cells.append(WrkCell(head_input, "raw"))
         return cells
-    if server != "null-http" and variant == head_variant and head_input in inputs:
+    if variant == head_variant and head_input in inputs:
         return [WrkCell(head_input)]
     return []
 

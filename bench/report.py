@@ -337,6 +337,16 @@ def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> st
         "",
         md_table(ROW_HEADERS, [row_cells(r) for r in http]) if http else "(not measured)",
         "",
+        *(
+            [
+                "The same server driven by wrk (the headline's client, measured run only):",
+                "",
+                md_table(ROW_HEADERS, [row_cells(r) for r in wrk_rows(report, "http_alone_wrk")]),
+                "",
+            ]
+            if report.get("http_alone_wrk")
+            else []
+        ),
         "## Limits (no HTTP, same run)",
         "",
         limits_markdown(report["limits"]) if report["limits"] else "(skipped)",

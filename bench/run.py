@@ -243,12 +243,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
     lim: dict[str, list[dict[str, Any]]] = {}
     http_alone: list[Row] = []
+    http_alone_wrk: list[Row] = []
     if not args.no_limits:
         # What HTTP alone costs with this client, for the HTTP ceiling: the null server at
         # the busiest concurrency up to 16 (the reference point), on every input.
         null_c = max((c for c in concurrencies if c <= 16), default=16)
-        null = bench_server(defs["null-http"], "none", weights, inputs, [null_c], counts, log_dir)
+        null = bench_server(
+            defs["null-http"],
+            "none",
+            weights,
+            inputs,
+            [null_c],
+            counts,
+            log_dir,
+            wrk_cells=wrk_plan("null-http", "none", list(inputs)) if use_wrk else [],
+        )
         http_alone = null.rows
+        http_alone_wrk = null.wrk_rows
         raw = {k: v.data for k, v in inputs.items()}
         lim = limits_mod.measure(variants, weights, raw, quick=args.quick)
         lim["rtc_repeats"] = rtc_repeats
@@ -271,6 +282,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "wrk": [asdict(row) for r in runs for row in r.wrk_rows],
         "wrk_repeats": [asdict(row) for r in repeat_runs for row in r.wrk_rows],
         "http_alone": [asdict(row) for row in http_alone],
+        "http_alone_wrk": [asdict(row) for row in http_alone_wrk],
         "limits": lim,
     }
 
