@@ -229,6 +229,8 @@ def limits_markdown(lim: dict[str, list[dict[str, Any]]]) -> str:
 
 # Figures from the last GPU machine run (bench/gpu_check.sh, not part of `make bench`).
 GPU_SUMMARY = Path(__file__).resolve().parent / "gpu_results_h100" / "summary.md"
+# The last `python -m bench.protocols` run, written up by hand (not part of `make bench`).
+PROTOCOLS_SUMMARY = Path(__file__).resolve().parent / "protocols_summary.md"
 
 
 def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> str:
@@ -351,6 +353,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], command: str) -> st
         "",
         limits_markdown(report["limits"]) if report["limits"] else "(skipped)",
         "",
+        *([PROTOCOLS_SUMMARY.read_text().strip(), ""] if PROTOCOLS_SUMMARY.exists() else []),
         "## Memory and start-up",
         "",
         memory,
