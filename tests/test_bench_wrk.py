@@ -71,8 +71,18 @@ def test_wrk_posts_the_body_and_counts_every_status(tmp_path: Path) -> None:
         )
         result = wrk.run(spec, tmp_path, cpu=lambda: 0.0)
     finally:
+
+        async def shutdown() -> None:
+            server.close()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
     assert seen and all(s == (b"image/jpeg", body) for s in seen)
     assert result.answered > 2 and result.ok > 0
     assert result.ok + result.errors["503"] == result.answered
