@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.loadgen import check_loopback
@@ -206,16 +206,12 @@ def run(
             spec.content_type,
         ]
 
-    if spec.warmup_s > 0:
-        _run_wrk(args(spec.warmup_s), workdir / f"{tag}-warmup.txt", spec.warmup_s + 60)
-    server0 = cpu() if cpu else math.nan
-    text, client_s = _run_wrk(args(spec.seconds), workdir / f"{tag}.txt", spec.seconds + 60)
-    server_s = (cpu() - server0) if cpu else math.nan
-    result = parse(text, spec.concurrency)
-    return WrkResult(
-        **{
-            **result.__dict__,
-            "client_cpu_s": client_s,
-            "server_cpu_s": server_s,
-        }
-    )
+    try:
+        if spec.warmup_s > 0:
+            _run_wrk(args(spec.warmup_s), workdir / f"{tag}-warmup.txt", spec.warmup_s + 60)
+        server0 = cpu() if cpu else math.nan
+        text, client_s = _run_wrk(args(spec.seconds), workdir / f"{tag}.txt", spec.seconds + 60)
+        server_s = (cpu() - server0) if cpu else math.nan
+    finally:
+        body.unlink(missing_ok=True)  # up to 250 KB per cell; the outputs are what is kept
+    return replace(parse(text, spec.concurrency), client_cpu_s=client_s, server_cpu_s=server_s)
