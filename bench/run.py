@@ -7,8 +7,10 @@ finally measure the no-HTTP limits (``bench.limits``) in the same run, so every 
 compares numbers taken on the same machine minutes apart. Results go to
 ``bench/results/<timestamp>.json`` (git-ignored) and, for full runs, ``docs/benchmarks.md``.
 
-    python -m bench.run                         # the default run (< ~10 min on 2 cores)
+    python -m bench.run                         # the default run (~12 min on 2 cores)
     python -m bench.run --quick --servers ours --inputs small --concurrency 2   # smoke
+    python -m bench.run --servers ours,litserve --variants v3-small-1.0-224 --inputs 720p \\
+        --concurrency 16 --no-docs                # the headline cell only (~3 min)
     python -m bench.run --servers ours,ours-torch,naive,litserve,torchserve --variants v2-1.0-224
     python -m bench.run --ours-env MOBILENET_THREADS=1   # try a setting of our server
     python -m bench.run --rss-soak 10000        # memory of our server over 10k requests
