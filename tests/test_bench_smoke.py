@@ -15,10 +15,12 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+from test_bench_wrk import need_wrk
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 60.0
@@ -35,8 +37,26 @@ def _tagged_processes(token: str) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_quick_bench_runs_end_to_end(weights_dir: Path, images_dir: Path, tmp_path: Path) -> None:
+@dataclass
+class QuickRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed: float
+    leftovers: list[int]
+    results: Path
+    markdown: Path
+    docs_unchanged: bool
+
+
+@pytest.fixture(scope="module")
+def quick_bench(
+    weights_dir: Path, images_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> QuickRun:
+    """One ``--quick`` run of the harness (ours on the small input), shared by the tests
+    that read its output: a server start, httpx and wrk cells, the limits, the report."""
+    results = tmp_path_factory.mktemp("bench")
+    markdown = results / "benchmarks.md"
     token = uuid.uuid4().hex
     docs = REPO / "docs" / "benchmarks.md"
     docs_before = docs.stat().st_mtime_ns if docs.exists() else None
@@ -55,7 +75,9 @@ def test_quick_bench_runs_end_to_end(weights_dir: Path, images_dir: Path, tmp_pa
         "--weights-dir",
         str(weights_dir),
         "--results-dir",
-        str(tmp_path),
+        str(results),
+        "--docs",
+        str(markdown),
     ]
     proc = subprocess.Popen(
         cmd,
@@ -75,17 +97,35 @@ def test_quick_bench_runs_end_to_end(weights_dir: Path, images_dir: Path, tmp_pa
         for pid in leftovers:  # a server the harness failed to stop: never leak it
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
-    elapsed = time.monotonic() - start
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    assert elapsed < BUDGET_S, f"quick bench took {elapsed:.0f}s"
+    docs_after = docs.stat().st_mtime_ns if docs.exists() else None
+    return QuickRun(
+        proc.returncode,
+        stdout,
+        stderr,
+        time.monotonic() - start,
+        leftovers,
+        results,
+        markdown,
+        docs_after == docs_before,
+    )
+
+
+def _report(run: QuickRun) -> dict:
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (raw,) = run.results.glob("bench-*.json")
+    return json.loads(raw.read_text())
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_end_to_end(quick_bench: QuickRun) -> None:
+    report, stdout = _report(quick_bench), quick_bench.stdout
+    assert quick_bench.elapsed < BUDGET_S, f"quick bench took {quick_bench.elapsed:.0f}s"
 
     header = next(line for line in stdout.splitlines() if line.startswith("server "))
     assert header.split()[:4] == ["server", "variant", "input", "conc"]
     table = [line for line in stdout.splitlines() if line.startswith("ours ")]
     assert table, stdout
 
-    (raw,) = tmp_path.glob("bench-*.json")
-    report = json.loads(raw.read_text())
     (row,) = report["rows"]
     assert (row["server"], row["input"], row["concurrency"]) == ("ours", "small", 2)
     assert row["errors"] == {}
@@ -98,11 +138,53 @@ def test_quick_bench_runs_end_to_end(weights_dir: Path, images_dir: Path, tmp_pa
     assert null["errors"] == {} and null["ok"] == null["sent"] > 0
     assert "null-http" in stdout
     assert all(not s["failure"] for s in report["server_runs"])
-    assert {"forward", "decode", "pipeline"} <= report["limits"].keys()
+    assert {"forward", "decode", "pipeline", "rtc"} <= report["limits"].keys()
     assert report["limits"]["pipeline"], "the in-process pipeline limit was not measured"
-    docs_after = docs.stat().st_mtime_ns if docs.exists() else None
-    assert docs_after == docs_before, "a --quick run must not rewrite docs/benchmarks.md"
-    assert not leftovers, f"the harness left server(s) {leftovers} running"
+    # The headline's limit: V3's forward with the exact hard-swish rewrite, one
+    # single-threaded interpreter per core, decode then forward on each core's thread.
+    (rtc,) = report["limits"]["rtc"]
+    assert (rtc["variant"], rtc["input"], rtc["backend"]) == ("v3-small-1.0-224", "small", "litert")
+    assert rtc["exact_hard_swish"] is True
+    assert rtc["threads"] == len(os.sched_getaffinity(0))
+    assert rtc["images"] > 0 and rtc["img_s"] > 0 and rtc["cpu_ms"] > 0
+    assert rtc["forward_ms"] > 0
+    text = quick_bench.markdown.read_text()
+    assert "| v3-small-1.0-224 | small | litert |" in text  # the rtc limit's table row
+    assert quick_bench.docs_unchanged, "a --quick run must not rewrite docs/benchmarks.md"
+    assert not quick_bench.leftovers, f"the harness left server(s) {quick_bench.leftovers} running"
+
+
+@pytest.mark.slow
+def test_quick_bench_drives_wrk_and_reports_it_against_the_limit(quick_bench: QuickRun) -> None:
+    report = _report(quick_bench)
+    need_wrk()
+    assert report["wrk_client"]["path"] and "wrk" in report["wrk_client"]["version"]
+    (row,) = report["wrk"]  # ours on the only input, sent as a form, at c=16
+    assert (row["server"], row["variant"], row["input"], row["body"], row["concurrency"]) == (
+        "ours",
+        "v3-small-1.0-224",
+        "small",
+        "multipart",
+        16,
+    )
+    assert row["errors"] == {}, row
+    assert row["ok"] == row["sent"] > 0 and row["rps"] > 0
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    assert row["seconds"] == pytest.approx(report["counts"]["wrk_seconds"], abs=0.5)
+    assert row["server_cpu_ms"] > 0 and row["client_cpu_ms"] >= 0
+    assert report["wrk_repeats"] == []  # --quick: no repeats
+    assert "wrk multipart ours" in quick_bench.stdout
+    text = quick_bench.markdown.read_text()
+    assert "## Headline: wrk at concurrency 16" in text
+    line = next(
+        ln for ln in text.splitlines() if ln.startswith("| v3-small-1.0-224 | small | multipart |")
+    )
+    cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+    rtc = report["limits"]["rtc"][0]
+    assert float(cells[4]) == pytest.approx(row["rps"], abs=0.06)
+    assert float(cells[5]) == pytest.approx(rtc["img_s"], abs=0.06)
+    assert float(cells[6]) == pytest.approx(row["rps"] / rtc["img_s"], abs=0.006)
+    assert float(cells[9]) == pytest.approx(row["server_cpu_ms"] / rtc["cpu_ms"], abs=0.006)
 
 
 def test_loadgen_refuses_non_loopback() -> None:
@@ -267,7 +349,8 @@ def test_a_timed_window_closes_at_its_deadline_not_at_a_late_answer(monkeypatch)
 
 
 def test_http_ceiling_adds_the_cost_of_a_request_to_the_pipeline_limit() -> None:
-    from bench.run import Row, http_ceiling
+    from bench.report import http_ceiling
+    from bench.rows import Row
 
     null = Row("null-http", "none", "720p", 16, 700.0, 20, 25, 30, {}, 30, 1000, 1000, 4.0)
     null.server_cpu_ms, null.client_cpu_ms = 0.5, 1.0
@@ -277,33 +360,40 @@ def test_http_ceiling_adds_the_cost_of_a_request_to_the_pipeline_limit() -> None
 
 
 def _cell(server: str, rps: float, p99: float, *, conc: int = 16, inp: str = "720p"):
-    from bench.run import Row
+    from bench.rows import Row
 
     return Row(server, "v3-small-1.0-224", inp, conc, rps, 50, 80, p99, {}, 700, 500, 500, 4.0)
 
 
 def test_headline_repeats_alternate_and_restart_each_server(monkeypatch, tmp_path: Path) -> None:
-    import bench.run as br
+    import bench.cells as br
+    from bench.inputs import Input
+    from bench.servers import server_defs
 
     started: list[str] = []
 
-    def fake_bench_server(defn, variant, weights, inputs, concurrencies, counts, log_dir):
+    def fake_bench_server(
+        defn, variant, weights, inputs, concurrencies, counts, log_dir, *, wrk_cells
+    ):
         started.append(defn.name)
         assert (variant, list(inputs), concurrencies) == ("v3-small-1.0-224", ["720p"], [16])
+        assert wrk_cells == [br.WrkCell("720p", "multipart", 16)]  # wrk re-measured too
         run = br.ServerRun(defn.name, variant)
         run.rows = [_cell(defn.name, 100.0, 200.0)]
         return run
 
     monkeypatch.setattr(br, "bench_server", fake_bench_server)
-    inp = br.Input("720p", b"x", "image/jpeg", "a.jpg", (1280, 720))
-    rows = br.headline_repeats(br.server_defs({}), tmp_path, inp, br.QUICK, tmp_path, rounds=3)
+    inp = Input("720p", b"x", "image/jpeg", "a.jpg", (1280, 720))
+    runs = br.headline_repeats(
+        server_defs({}), tmp_path, inp, br.QUICK, tmp_path, rounds=3, wrk_cell=br.WrkCell("720p")
+    )
     # peer first in round 0, so each server's runs spread evenly over the time taken
     assert started == ["litserve", "ours", "ours", "litserve", "litserve", "ours"]
-    assert [r.server for r in rows] == started
+    assert [r.server for run in runs for r in run.rows] == started
 
 
 def test_headline_stats_take_medians_over_the_grid_and_the_repeats() -> None:
-    from bench.run import headline_markdown, headline_stats
+    from bench.report import headline_markdown, headline_stats
 
     grid = [
         _cell("ours", 150.0, 150.0),
