@@ -31,15 +31,15 @@ def test_costly_requests_spend_the_limit_on_work() -> None:
     # A request weighs its cost: four of 4 units fill a limit of 16.
     g = gate()
     for _ in range(4):
-        g.enter(cost=4)
+        g.enter(4)
     with pytest.raises(Overloaded) as exc:
-        g.enter(cost=1)
+        g.enter(1)
     assert "16 of 16" in exc.value.message
-    g.leave(cost=4)
+    g.leave(4)
     with pytest.raises(Overloaded) as exc:
-        g.enter(cost=5)  # 12 + 5 > 16
+        g.enter(5)  # 12 + 5 > 16
     assert "weighs 5.0" in exc.value.message
-    g.enter(cost=4)
+    g.enter(4)
     assert g.in_flight == 16
 
 
@@ -47,13 +47,13 @@ def test_one_request_heavier_than_the_limit_gets_in_alone() -> None:
     # An honest huge upload on an idle variant is answered; a second one is not let in
     # beside it, nor is anything while it runs past the limit.
     g = gate()
-    g.enter(cost=225)
+    g.enter(225)
     with pytest.raises(Overloaded):
-        g.enter(cost=225)
+        g.enter(225)
     with pytest.raises(Overloaded):
-        g.enter(cost=1)
-    g.leave(cost=225)
-    assert g.in_flight == 0 and not g.full(cost=225)
+        g.enter(1)
+    g.leave(225)
+    assert g.in_flight == 0 and not g.full(225)
 
 
 def flood_window(g: Admission, latency_s: float) -> None:

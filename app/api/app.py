@@ -26,7 +26,7 @@ from app.api.middleware import BodyLimitMiddleware, FastRejectMiddleware, Reques
 from app.api.openapi import install_openapi
 from app.api.routes import router
 from app.errors import WeightsError
-from app.observability.metrics import Metrics
+from app.observability.metrics import Metrics, multiproc_dir, ready_workers
 from app.serving.service import ClassifierService
 from app.settings import Settings
 
@@ -71,6 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loading = asyncio.create_task(_load(service))
         app.state.loading = loading
         heartbeat = asyncio.create_task(_heartbeat(service))
+        if (directory := multiproc_dir()) is not None and ready_workers(directory):
+            # A worker replacing one that died, beside ready siblings: it takes no
+            # connection (uvicorn accepts only after start-up) until it can answer them,
+            # so the replica keeps answering 200 instead of handing clients to a worker
+            # that would say 503 while it loads.
+            await asyncio.wait({loading})
         try:
             yield
         finally:

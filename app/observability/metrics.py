@@ -212,11 +212,8 @@ def reap_dead_workers(directory: str) -> list[int]:
     return sorted(dead)
 
 
-def worker_problems(directory: str, *, expected: int, stale_after_s: float) -> list[str]:
-    """Why the replica is not ready, from every live worker's last heartbeat: fewer than
-    ``expected`` workers have reported (still starting, or one died and its replacement
-    is loading), one says it is not ready, or one has not reported for ``stale_after_s``
-    (wedged)."""
+def _worker_states(directory: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Each live worker's last heartbeat (Unix time) and readiness, by pid."""
     from prometheus_client import multiprocess
 
     reap_dead_workers(directory)
@@ -231,6 +228,22 @@ def worker_problems(directory: str, *, expected: int, stale_after_s: float) -> l
             continue
         for sample in family.samples:
             target[sample.labels.get("pid", "?")] = sample.value
+    return beats, ready
+
+
+def ready_workers(directory: str) -> int:
+    """Live workers, other than this one, that say they are ready."""
+    _, ready = _worker_states(directory)
+    me = str(os.getpid())
+    return sum(1 for pid, value in ready.items() if value and pid != me)
+
+
+def worker_problems(directory: str, *, expected: int, stale_after_s: float) -> list[str]:
+    """Why the replica is not ready, from every live worker's last heartbeat: fewer than
+    ``expected`` workers have reported (still starting, or one died and its replacement
+    is loading), one says it is not ready, or one has not reported for ``stale_after_s``
+    (wedged)."""
+    beats, ready = _worker_states(directory)
     now, problems = time.time(), []
     if len(beats) < expected:
         problems.append(f"{len(beats)} of {expected} workers have started")
