@@ -150,7 +150,7 @@ ENV MOBILENET_HOST=0.0.0.0 \
     HOME=/tmp \
     XDG_CACHE_HOME=/tmp/.cache \
     TORCH_HOME=/tmp/torch
-EXPOSE 8000
+EXPOSE 8000 8001
 # Health = /readyz: 503 while loading, while draining on SIGTERM, and when an
 # inference worker died or one batch ran over 30 s; no answer within the timeout
 # (a hung process) fails it too. Liveness-only /healthz would stay green while the

@@ -1,16 +1,20 @@
-"""KServe v1 / TensorFlow Serving REST: ``POST /v1/models/{name}:predict``, model status.
+"""KServe v1 / TensorFlow Serving REST: ``POST /v1/models/{name}:predict``, ``:explain``,
+model status.
 
 A request carries base64 images the way TF Serving's REST API encodes binary values:
 ``{"instances": [{"b64": "..."}]}`` or named, ``{"instances": [{"image_bytes": {"b64":
 "..."}}]}`` (columnar ``{"inputs": ...}`` too). All the instances of a request are one
 request to the batcher. Each prediction is the top-5: ``classes`` (ImageNet indices),
-``labels`` and ``scores``; an instance's ``key`` is echoed back.
+``labels`` and ``scores``; an instance's ``key`` is echoed back. ``:explain`` takes the
+same body and answers ``{"explanations": [...]}``, one ``/explain`` JSON answer per
+instance (occlusion saliency, app.serving.explain).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Any
 
 import orjson
@@ -18,9 +22,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.deps import AuthDep, DeadlineDep, ServiceDep, SettingsDep
+from app.api.explain_routes import explanation_out
+from app.api.schemas import ExplainResponse
 from app.errors import InvalidRequest
 from app.protocols.common import EXAMPLE_PNG, NoNulls
 from app.protocols.routing import protocol_route, read_limited
+from app.serving.explain import explain
 
 TOPK = 5
 _HOW = (
@@ -199,6 +206,46 @@ async def predict(
             row["key"] = key
         rows.append(row)
     return {"outputs": rows} if columnar else {"predictions": rows}
+
+
+class V1ExplainResponse(BaseModel):
+    explanations: list[ExplainResponse]
+
+
+@router.post(
+    "/{name}:explain",
+    openapi_extra=PREDICT_BODY,
+    response_model=V1ExplainResponse,
+    responses=ERRORS,
+    dependencies=[AuthDep],
+    summary="Explain (KServe v1): occlusion saliency per instance",
+)
+async def explain_instances(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    deadline: DeadlineDep,
+    name: str,
+) -> V1ExplainResponse:
+    """KServe's explain verb: the same body as `:predict`; each instance gets what `POST
+    /explain` answers (top-5 and a 14 x 14 saliency map of its top class, 50 forwards).
+    Instances run one after another: an explain holds half its variant's admission, so
+    running them side by side would only refuse the second."""
+    start = time.perf_counter()
+    target = service.resolve_name(name)
+    request.state.model = target.name
+    images, _, _ = _images(_parse(await read_limited(request, settings.max_upload_bytes)))
+    if not 1 <= len(images) <= settings.max_batch_files:
+        raise InvalidRequest(
+            f"send 1-{settings.max_batch_files} instances (MOBILENET_MAX_BATCH_FILES), "
+            f"got {len(images)}"
+        )
+    rid = request.scope.get("state", {}).get("request_id") or ""
+    out = []
+    for data in images:
+        e = await explain(service, data, target, None, deadline)
+        out.append(explanation_out(rid, e, start))
+    return V1ExplainResponse(explanations=out)
 
 
 @router.get(
