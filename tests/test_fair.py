@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.batching.fair import FairExecutor
+from app.batching.fair import FairExecutor, LaneActivity
 
 
 def _blocked_pool(threads: int) -> tuple[FairExecutor, threading.Event, list[str]]:
@@ -126,3 +126,32 @@ def test_wait_times_are_reported_per_lane() -> None:
     assert [lane for lane, _ in waits] == ["a", "b"]
     assert waits[1][1] >= 0.04  # b waited for a's 50 ms
     pool.shutdown()
+
+
+def test_a_recently_busy_lane_keeps_its_share_for_a_while() -> None:
+    # Lane "probe" ran a moment ago in another pool sharing the activity: the flooded lane
+    # gets one of the two threads, not both, until the linger is over.
+    activity = LaneActivity(linger_s=0.3)
+    other = FairExecutor(1, activity=activity)
+    pool = FairExecutor(2, activity=activity)
+    other.submit_to("probe", 1, lambda: None).result(5)
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work() -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+
+    t0 = time.monotonic()
+    for f in [pool.submit_to("flood", 1, work) for _ in range(4)]:
+        f.result(5)
+    assert peak[0] == 1 and time.monotonic() - t0 < 0.3  # all four ran within the linger
+    time.sleep(0.35)  # the probe lane is no longer recent: the flood gets both threads
+    for f in [pool.submit_to("flood", 1, work) for _ in range(4)]:
+        f.result(5)
+    assert peak[0] == 2
+    pool.shutdown()
+    other.shutdown()

@@ -17,7 +17,7 @@ from app.errors import CorruptImage, ServiceError
 from app.imaging import prepare
 from app.inference.gpu_decode import crop_box
 from app.inference.torch_backend import TorchBackend, bucket_for
-from app.serving.service import ClassifierService, JpegItem
+from app.serving.execution import JpegItem, make_predict_fn
 from app.weights import SPECS_BY_NAME
 from app.weights.store import load_model
 
@@ -84,7 +84,7 @@ def test_mixed_batch_isolates_a_bad_jpeg(images_dir: Path) -> None:
             return np.full((len(jpegs), 3), 0.25, dtype=np.float32)
 
     pre = SPECS_BY_NAME["v2-1.0-224"].preprocessing
-    predict = ClassifierService._predict_fn(FakeBackend(), pre, 10**8)
+    predict = make_predict_fn(FakeBackend(), pre, 10**8)
     items = [np.zeros((2, 2, 3), np.uint8), JpegItem(b"good"), JpegItem(b"bad"), JpegItem(b"ok")]
     out = predict(items)
     assert np.allclose(out[0], 0.5)

@@ -14,12 +14,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +31,20 @@ from app.errors import (
     ShuttingDown,
     WeightsError,
 )
-from app.imaging import Preprocessing, prepare, probe_jpeg
+from app.imaging import prepare, probe_jpeg
 from app.imaging.cost import decode_cost
 from app.inference import create_backend
 from app.inference.select import check_torch_needs
 from app.observability.metrics import BatcherMetrics, Metrics, multiproc_dir, worker_problems
 from app.serving.admission import Admission
+from app.serving.execution import (
+    JpegItem,
+    batch_buckets,
+    golden_image,
+    is_oom,
+    lower_thread_priority,
+    make_predict_fn,
+)
 from app.serving.registry import LoadedVariant, Registry
 from app.settings import Settings
 from app.weights import SPECS_BY_NAME, imagenet_labels, present_variants
@@ -47,17 +52,9 @@ from app.weights.store import read_manifest
 
 log = logging.getLogger(__name__)
 
-GOLDEN_IMAGE = "golden_cat.jpg"
 CAT_CLASSES = frozenset(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 HEARTBEAT_STALL_S = 30.0
 WORKER_STALE_S = 10.0  # a sibling worker silent this long is wedged (it beats every 1 s)
-
-
-@dataclass(frozen=True)
-class JpegItem:
-    """A JPEG whose header passed the checks, to be decoded on the inference device."""
-
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -95,34 +92,6 @@ class Readiness:
     draining: bool = False
     failed: str | None = None
     problems: list[str] = field(default_factory=list)
-
-
-def batch_buckets(max_batch_size: int) -> list[int]:
-    """Powers of two up to the max batch size (warm-up sizes)."""
-    sizes, n = [], 1
-    while n < max_batch_size:
-        sizes.append(n)
-        n *= 2
-    return [*sizes, max_batch_size]
-
-
-def golden_image() -> bytes:
-    return resources.files("app.serving").joinpath(GOLDEN_IMAGE).read_bytes()
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Make the calling worker thread yield the CPU to the event loop (Linux: per thread).
-
-    The event loop is the gate of every request (accepting, parsing, refusing, answering);
-    when decode and inference threads take the cores from it, every answer waits in the
-    loop's backlog. Work is conserved: the workers still get every cycle the loop leaves.
-    """
-    if nice > 0 and hasattr(os, "setpriority"):
-        tid = threading.get_native_id()
-        with contextlib.suppress(OSError):  # not allowed here: run at normal priority
-            os.setpriority(
-                os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-            )
 
 
 class ClassifierService:
@@ -212,7 +181,7 @@ class ClassifierService:
             if hasattr(backend, "contended"):
                 backend.contended = self._contended
             batcher = Batcher(
-                self._predict_fn(backend, spec.preprocessing, self.settings.max_pixels),
+                make_predict_fn(backend, spec.preprocessing, self.settings.max_pixels),
                 name=name,
                 max_batch_size=min(
                     self.settings.max_batch_size,
@@ -222,7 +191,7 @@ class ClassifierService:
                 queue_limit=self.settings.queue_limit,
                 executor=self.inference_pool.lane(name),
                 observer=observer,
-                split_on=_is_oom,
+                split_on=is_oom,
             )
             loaded.append(LoadedVariant(spec=spec, backend=backend, batcher=batcher))
             self.metrics.loaded.labels(name, backend.name, backend.device).set(1)
@@ -339,34 +308,6 @@ class ClassifierService:
         return not problems, problems
 
     # ---------------------------------------------------------------- requests
-    @staticmethod
-    def _predict_fn(backend, pre: Preprocessing, max_pixels: int):
-        """Batch items are preprocessed arrays, or raw JPEGs for a device decoder (which
-        fall back to the CPU decoder one by one if the device refuses them)."""
-
-        def predict(items: list[np.ndarray | JpegItem]) -> list[np.ndarray | ServiceError]:
-            out: list = [None] * len(items)
-            arrays = [i for i, x in enumerate(items) if isinstance(x, np.ndarray)]
-            jpegs = [i for i, x in enumerate(items) if isinstance(x, JpegItem)]
-            if arrays:
-                probs = backend.predict(np.stack([items[i] for i in arrays]))
-                for i, p in zip(arrays, probs, strict=True):
-                    out[i] = p
-            if jpegs:
-                try:
-                    probs = backend.predict_jpegs([items[i].data for i in jpegs])
-                    for i, p in zip(jpegs, probs, strict=True):
-                        out[i] = p
-                except RuntimeError:  # one bad file must not fail its neighbours
-                    for i in jpegs:
-                        try:
-                            out[i] = backend.predict_jpegs([items[i].data])[0]
-                        except RuntimeError:
-                            out[i] = _cpu_fallback(backend, items[i].data, pre, max_pixels)
-            return out
-
-        return predict
-
     def resolve(
         self,
         *,
@@ -557,21 +498,3 @@ def check_pixels(pixels: np.ndarray, target: LoadedVariant) -> np.ndarray:
     if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3) or pixels.shape[0] < 1:
         raise InvalidRequest(f"pixels must be {want}, got shape {list(pixels.shape)}")
     return pixels
-
-
-def _cpu_fallback(
-    backend, data: bytes, pre: Preprocessing, max_pixels: int
-) -> np.ndarray | ServiceError:
-    """Decode one JPEG the device refused on the CPU; a truly bad file becomes its error."""
-    try:
-        return backend.predict(prepare(data, pre, max_pixels=max_pixels)[None])[0]
-    except ServiceError as exc:
-        return exc
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """CUDA out-of-memory: the batcher splits the batch and retries the halves."""
-    torch = sys.modules.get("torch")  # never imported here: only torch backends raise it
-    if torch is None:
-        return False
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()

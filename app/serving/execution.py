@@ -1,0 +1,104 @@
+"""What runs on the worker threads, and what start-up needs besides the service itself.
+
+The batch predict function a variant's batcher calls (preprocessed arrays, or JPEGs a
+device decoder takes, with a CPU fallback per file), the thread priority of the decode
+and inference threads, warm-up batch sizes, the golden image, and CUDA out-of-memory
+detection (the batcher splits such a batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from app.errors import ServiceError
+from app.imaging import Preprocessing, prepare
+
+GOLDEN_IMAGE = "golden_cat.jpg"
+
+
+@dataclass(frozen=True)
+class JpegItem:
+    """A JPEG whose header passed the checks, to be decoded on the inference device."""
+
+    data: bytes
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """Powers of two up to the max batch size (warm-up sizes)."""
+    sizes, n = [], 1
+    while n < max_batch_size:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, max_batch_size]
+
+
+def golden_image() -> bytes:
+    return resources.files("app.serving").joinpath(GOLDEN_IMAGE).read_bytes()
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Make the calling worker thread yield the CPU to the event loop (Linux: per thread).
+
+    The event loop is the gate of every request (accepting, parsing, refusing, answering);
+    when decode and inference threads take the cores from it, every answer waits in the
+    loop's backlog. Work is conserved: the workers still get every cycle the loop leaves.
+    """
+    if nice > 0 and hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        with contextlib.suppress(OSError):  # not allowed here: run at normal priority
+            os.setpriority(
+                os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+            )
+
+
+def make_predict_fn(backend, pre: Preprocessing, max_pixels: int):
+    """Batch items are preprocessed arrays, or raw JPEGs for a device decoder (which
+    fall back to the CPU decoder one by one if the device refuses them)."""
+
+    def predict(items: list[np.ndarray | JpegItem]) -> list[np.ndarray | ServiceError]:
+        out: list = [None] * len(items)
+        arrays = [i for i, x in enumerate(items) if isinstance(x, np.ndarray)]
+        jpegs = [i for i, x in enumerate(items) if isinstance(x, JpegItem)]
+        if arrays:
+            probs = backend.predict(np.stack([items[i] for i in arrays]))
+            for i, p in zip(arrays, probs, strict=True):
+                out[i] = p
+        if jpegs:
+            try:
+                probs = backend.predict_jpegs([items[i].data for i in jpegs])
+                for i, p in zip(jpegs, probs, strict=True):
+                    out[i] = p
+            except RuntimeError:  # one bad file must not fail its neighbours
+                for i in jpegs:
+                    try:
+                        out[i] = backend.predict_jpegs([items[i].data])[0]
+                    except RuntimeError:
+                        out[i] = cpu_fallback(backend, items[i].data, pre, max_pixels)
+        return out
+
+    return predict
+
+
+def cpu_fallback(
+    backend, data: bytes, pre: Preprocessing, max_pixels: int
+) -> np.ndarray | ServiceError:
+    """Decode one JPEG the device refused on the CPU; a truly bad file becomes its error."""
+    try:
+        return backend.predict(prepare(data, pre, max_pixels=max_pixels)[None])[0]
+    except ServiceError as exc:
+        return exc
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA out-of-memory: the batcher splits the batch and retries the halves."""
+    torch = sys.modules.get("torch")  # never imported here: only torch backends raise it
+    if torch is None:
+        return False
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
