@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     )
 
     # --- batching ---
+    run_to_completion: bool = Field(
+        True,
+        description="LiteRT on CPU: a single-image request is decoded and forwarded on one "
+        "decode thread with an interpreter of its own (no batch: LiteRT's graphs run one "
+        "image at a time anyway), saving the hand-offs between threads; client batches "
+        "and explanations still go through the batcher.",
+    )
     max_batch_size: int = Field(16, ge=1, le=512, description="Largest batch the worker runs.")
     max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="Longest a request waits for its batch to fill."

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -309,21 +310,25 @@ def test_hung_up_clients_leave_server_healthy(server: ServerProcess, cat_720p: b
 
 
 # -------------------------------------------------------------------------- in-process
-def inproc_settings(weights_dir: Path, threads: int = 1) -> Settings:
-    return Settings(
+def inproc_settings(weights_dir: Path, threads: int = 1, **overrides: Any) -> Settings:
+    """Batch path by default (these tests are about the batcher); ``run_to_completion=True``
+    for LiteRT's default path, where a lone image never enters the batcher's queue."""
+    fields: dict[str, Any] = dict(
         weights_dir=weights_dir,
         variants=[INPROC_VARIANT],
         threads=threads,
         decode_threads=2,
         shutdown_grace_s=5,
         log_level="warning",
+        run_to_completion=False,
     )
+    return Settings(**(fields | overrides))
 
 
 @contextlib.asynccontextmanager
-async def running_app(weights_dir: Path, threads: int = 1):
+async def running_app(weights_dir: Path, threads: int = 1, **overrides: Any):
     """The real app with its lifespan, ready, and an httpx client over ASGI."""
-    app = create_app(inproc_settings(weights_dir, threads))
+    app = create_app(inproc_settings(weights_dir, threads, **overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
@@ -349,16 +354,16 @@ class Gate:
     def release(self) -> None:
         self._open.set()
 
-    def __call__(self, batch):
+    def __call__(self, batch, **kwargs):
         n = len(self.sizes)
-        self.sizes.append(len(batch))
+        self.sizes.append(len(batch) if batch.ndim == 4 else 1)  # predict_one: one image
         if n == self.block_call:
             self.entered.set()
             if not self._open.wait(30):
                 raise TimeoutError("gate never released")
         if n == self.fail_call:
             raise RuntimeError("injected fault")
-        return self.original(batch)
+        return self.original(batch, **kwargs)
 
 
 async def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -526,3 +531,123 @@ def test_flood_statistics_are_sane() -> None:
     assert res.p(200, 0.99) == pytest.approx(1.0)
     assert res.p(200, 0.5) == pytest.approx(0.51)
     assert statistics.mean(res.latencies(200)) == pytest.approx(0.505)
+
+
+# --- run to completion (LiteRT's default): a lone image decoded and forwarded on one decode
+# thread, outside the batcher's queue. The same guarantees, checked on that path.
+
+
+def test_run_to_completion_fault_fails_exactly_that_request(
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with running_app(weights_dir, run_to_completion=True) as (app, client):
+            v = _variant(app)
+            gate = Gate(v.backend.predict_one, fail_call=1)
+            monkeypatch.setattr(v.backend, "predict_one", gate)
+            before = v.batcher.stats
+            statuses = []
+            for rid in ("ok-1", "doomed", "ok-2"):
+                r = await client.post(
+                    "/predict", content=IMAGE, headers={**JPEG, "X-Request-ID": rid}
+                )
+                statuses.append(r.status_code)
+                if rid == "doomed":
+                    err = r.json()["error"]
+                    assert err["code"] == "inference_failed", r.text
+                    assert "injected fault" in err["message"]
+                    assert err["request_id"] == rid
+                else:
+                    assert r.json()["batch_size"] == 1
+            assert statuses == [200, 500, 200]
+            assert gate.sizes == [1, 1, 1]
+            assert v.batcher.stats.items_done - before.items_done == 2  # the answered ones
+            assert (await client.get("/readyz")).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_run_to_completion_stuck_forward_turns_readyz_503_and_recovers(
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "HEARTBEAT_STALL_S", 0.3)
+
+    async def scenario() -> None:
+        async with running_app(weights_dir, run_to_completion=True) as (app, client):
+            v = _variant(app)
+            gate = Gate(v.backend.predict_one, block_call=0)
+            monkeypatch.setattr(v.backend, "predict_one", gate)
+            stuck = asyncio.create_task(client.post("/predict", content=IMAGE, headers=JPEG))
+            await wait_for(gate.entered.is_set, what="the forward to start")
+            await asyncio.sleep(0.5)
+            r = await client.get("/readyz")
+            assert r.status_code == 503, r.text
+            assert any("stalled" in p for p in r.json()["problems"]), r.text
+            gate.release()
+            assert (await stuck).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_run_to_completion_queued_request_of_a_gone_client_costs_nothing(
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One decode thread, held by a blocked forward: the next request waits in the decode
+    pool; its client hangs up, it is answered 499 and never decoded nor forwarded."""
+
+    async def scenario() -> None:
+        async with running_app(weights_dir, run_to_completion=True, decode_threads=1) as (
+            app,
+            client,
+        ):
+            v, pool = _variant(app), app.state.service.decode_pool
+            gate = Gate(v.backend.predict_one, block_call=0)
+            monkeypatch.setattr(v.backend, "predict_one", gate)
+            busy = asyncio.create_task(client.post("/predict", content=IMAGE, headers=JPEG))
+            await wait_for(gate.entered.is_set, what="the forward to start")
+            hang_up = asyncio.Event()
+            sent: list[dict] = []
+            body_sent = False
+
+            async def receive() -> dict:
+                nonlocal body_sent
+                if not body_sent:
+                    body_sent = True
+                    return {"type": "http.request", "body": IMAGE, "more_body": False}
+                await hang_up.wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/predict",
+                "raw_path": b"/predict",
+                "root_path": "",
+                "query_string": b"",
+                "headers": [
+                    (b"host", b"app"),
+                    (b"content-type", b"image/jpeg"),
+                    (b"content-length", str(len(IMAGE)).encode()),
+                ],
+                "client": ("127.0.0.1", 50001),
+                "server": ("app", 80),
+            }
+            call = asyncio.create_task(app(scope, receive, send))
+            await wait_for(lambda: pool.waiting().get(v.name) == 1, what="a queued request")
+            hang_up.set()
+            await asyncio.wait_for(call, 10)
+            start = next(m for m in sent if m["type"] == "http.response.start")
+            assert start["status"] == 499
+            gate.release()
+            assert (await busy).status_code == 200
+            await asyncio.sleep(0.1)
+            assert gate.sizes == [1]  # the gone client's image was never forwarded
+
+    asyncio.run(scenario())

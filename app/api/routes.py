@@ -229,14 +229,26 @@ async def _disconnected(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, coro):
-    """Run ``coro``; if the client disconnects first, cancel it so no compute is wasted."""
-    work = asyncio.ensure_future(coro)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """Await ``coro`` in this request's task; if the client disconnects first, cancel it
+    (so no compute is wasted) and return None. One watcher task per request: the work
+    itself is not wrapped in a task of its own."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            return work.result()
-        work.cancel()
+        return await coro
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (shutdown): not ours to swallow
+        task.uncancel()
         return None
     finally:
         watcher.cancel()

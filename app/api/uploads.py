@@ -10,8 +10,8 @@ import asyncio
 from dataclasses import dataclass
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
 
+from app.api import multipart
 from app.errors import InvalidRequest, ServiceError, UnsupportedMediaType
 
 FIELD = "file"
@@ -32,14 +32,20 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _form(request: Request, *, max_files: int, limit: int):
+async def _form(request: Request, *, max_files: int, limit: int) -> list[multipart.Part]:
     try:
-        return await request.form(max_files=max_files, max_fields=16, max_part_size=limit)
+        return await multipart.parse(
+            request.headers.get("content-type", ""),
+            request.stream(),
+            max_files=max_files,
+            max_fields=16,
+            max_field_size=limit,
+        )
     except (asyncio.CancelledError, ServiceError):
         raise  # e.g. the body limit's PayloadTooLarge raised while the form streams in
-    except Exception as exc:  # starlette raises HTTPException/MultiPartException variants
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-        if "too many files" in str(detail).lower():
+    except multipart.MultipartError as exc:
+        detail = str(exc)
+        if "too many files" in detail.lower():
             where = (
                 "per request (MOBILENET_MAX_BATCH_FILES)"
                 if max_files > 1
@@ -51,23 +57,27 @@ async def _form(request: Request, *, max_files: int, limit: int):
         raise InvalidRequest(f"malformed multipart body: {detail}; {_HOW}") from exc
 
 
-async def _file(value: object, field: str) -> Upload:
-    if not isinstance(value, UploadFile):
+def _file(part: multipart.Part, field: str) -> Upload:
+    if not part.is_file:
         raise InvalidRequest(f"field '{field}' must be a file upload, not a text value; {_HOW}")
-    return Upload(data=await value.read(), filename=value.filename)
+    return Upload(data=bytes(part.data), filename=part.filename)
+
+
+def _names(parts: list[multipart.Part]) -> str:
+    return ", ".join(repr(n) for n in dict.fromkeys(p.name for p in parts)) or "none"
 
 
 async def read_one(request: Request, *, limit: int) -> Upload:
     ctype = _content_type(request)
     if ctype == "multipart/form-data":
-        form = await _form(request, max_files=1, limit=limit)
-        if FIELD not in form:
-            names = ", ".join(repr(k) for k in form) or "none"
+        parts = await _form(request, max_files=1, limit=limit)
+        mine = [p for p in parts if p.name == FIELD]
+        if not mine:
             raise InvalidRequest(
-                f"multipart field 'file' is missing (fields sent: {names}); {_HOW}",
+                f"multipart field 'file' is missing (fields sent: {_names(parts)}); {_HOW}",
                 expected_field=FIELD,
             )
-        upload = await _file(form[FIELD], FIELD)
+        upload = _file(mine[-1], FIELD)
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         upload = Upload(data=await request.body(), filename=None)
     else:
@@ -86,14 +96,13 @@ async def read_many(request: Request, *, limit: int, max_files: int) -> list[Upl
             "/predict/batch takes multipart/form-data with one or more "
             "'files' fields (curl -F files=@a.jpg -F files=@b.jpg)"
         )
-    form = await _form(request, max_files=max_files, limit=limit)
-    values = [v for name in BATCH_FIELDS for v in form.getlist(name)]
+    parts = await _form(request, max_files=max_files, limit=limit)
+    values = [p for name in BATCH_FIELDS for p in parts if p.name == name]
     if not values:
-        names = ", ".join(repr(k) for k in form) or "none"
         raise InvalidRequest(
-            f"no 'files' fields in the form (fields sent: {names}); send "
+            f"no 'files' fields in the form (fields sent: {_names(parts)}); send "
             "-F files=@a.jpg -F files=@b.jpg"
         )
     if len(values) > max_files:
         raise InvalidRequest(f"{len(values)} files sent; at most {max_files} per request")
-    return [await _file(v, "files") for v in values]
+    return [_file(v, "files") for v in values]

@@ -438,6 +438,18 @@ class Batcher(Generic[T, R]):
         results = self._predict(items)
         return results, t0, self._clock()
 
+    def account(self, queue_ms: float, inference_ms: float) -> None:
+        """Count one item its caller ran to completion outside the queue (a lone image
+        forwarded on the thread that decoded it): the stats, the service rate and the
+        observer see it as a batch of one, so metrics and Retry-After stay whole."""
+        self._stats.submitted += 1
+        self._stats.batches += 1
+        self._stats.batch_sizes[1] += 1
+        self._stats.items_done += 1
+        self._heartbeat = self._clock()
+        self._record_rate(1, max(inference_ms, 1e-3) / 1000)
+        self._notify("on_batch", 1, [queue_ms], inference_ms)
+
     # --- helpers ----------------------------------------------------------------------------
     def _fail(self, entries: list[_Entry[T, R]], exc: Exception) -> None:
         log.error(

@@ -116,6 +116,7 @@ class FairExecutor(concurrent.futures.Executor):
         self._lanes: dict[str, _Lane] = {}
         self._vtime = 0.0
         self._shutdown = False
+        self._started: dict[int, tuple[str, float]] = {}  # thread -> (lane, task start)
         self._on_wait = on_wait  # (lane, seconds queued): the metrics' view of the wait
         self._threads = [
             threading.Thread(
@@ -156,6 +157,12 @@ class FairExecutor(concurrent.futures.Executor):
     def load(self) -> int:
         """Tasks running or queued, all lanes together (a lock-free glance)."""
         return sum(len(lane.queue) + lane.running for lane in list(self._lanes.values()))
+
+    def running_over(self, seconds: float) -> list[str]:
+        """Lanes with a task running for more than ``seconds`` (a wedged task: readiness
+        reports it, as the batcher reports a batch that never ends)."""
+        now = time.monotonic()
+        return sorted({key for key, t0 in list(self._started.values()) if now - t0 > seconds})
 
     def waiting(self) -> dict[str, int]:
         """Tasks queued per lane (not yet running)."""
@@ -202,11 +209,15 @@ class FairExecutor(concurrent.futures.Executor):
                 if self._on_wait is not None:
                     self._on_wait(key, time.monotonic() - task.enqueued)
                 if task.future.set_running_or_notify_cancel():
+                    tid = threading.get_ident()
+                    self._started[tid] = (key, time.monotonic())
                     try:
                         result = task.fn(*task.args, **task.kwargs)
                     except BaseException as exc:
+                        del self._started[tid]  # before the waiter can look again
                         task.future.set_exception(exc)
                     else:
+                        del self._started[tid]
                         task.future.set_result(result)
             finally:
                 went_idle = False

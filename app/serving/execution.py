@@ -12,12 +12,14 @@ import contextlib
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 
-from app.errors import ServiceError
+from app.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from app.imaging import Preprocessing, prepare
 
 GOLDEN_IMAGE = "golden_cat.jpg"
@@ -28,6 +30,48 @@ class JpegItem:
     """A JPEG whose header passed the checks, to be decoded on the inference device."""
 
     data: bytes
+
+
+@dataclass(frozen=True)
+class Completed1:
+    """One image run to completion on a decode thread, with where its time went (ms)."""
+
+    probs: np.ndarray  # (classes,)
+    wait_ms: float  # queued for a decode thread
+    decode_ms: float
+    inference_ms: float
+
+
+def decode_and_forward(
+    data: bytes,
+    backend,
+    pre: Preprocessing,
+    max_pixels: int,
+    *,
+    name: str,
+    enqueued: float,
+    deadline: float | None,
+    alone: Callable[[], bool],
+) -> Completed1:
+    """Run on a decode thread: decode, then forward on the same thread (run to completion).
+
+    The deadline is checked between the two, as the batcher checks it before a batch: an
+    image decoded too late costs no forward. A model failure is the request's
+    ``InferenceFailed``; a bad file is its own error from ``prepare``."""
+    t0 = time.monotonic()
+    array = prepare(data, pre, max_pixels=max_pixels)
+    t1 = time.monotonic()
+    if deadline is not None and t1 >= deadline:
+        raise DeadlineExceeded(
+            f"the deadline passed after {(t1 - enqueued) * 1000:.0f} ms waiting for and "
+            f"decoding the image, before model {name} ran"
+        )
+    try:
+        probs = backend.predict_one(array, alone=alone())
+    except Exception as exc:
+        raise InferenceFailed(f"model {name} failed: {type(exc).__name__}: {exc}") from exc
+    t2 = time.monotonic()
+    return Completed1(probs[0], (t0 - enqueued) * 1000, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
 
 def batch_buckets(max_batch_size: int) -> list[int]:

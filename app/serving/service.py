@@ -24,6 +24,7 @@ import numpy as np
 from app.batching import Batcher
 from app.batching.fair import FairExecutor, LaneActivity
 from app.errors import (
+    DeadlineExceeded,
     InvalidRequest,
     NotReady,
     Overloaded,
@@ -38,8 +39,10 @@ from app.inference.select import check_torch_needs
 from app.observability.metrics import BatcherMetrics, Metrics, multiproc_dir, worker_problems
 from app.serving.admission import Admission
 from app.serving.execution import (
+    Completed1,
     JpegItem,
     batch_buckets,
+    decode_and_forward,
     golden_image,
     is_oom,
     lower_thread_priority,
@@ -292,8 +295,9 @@ class ClassifierService:
             problems.append("models are loading")
         if self.readiness.draining:
             problems.append("shutting down")
+        wedged = set(self.decode_pool.running_over(HEARTBEAT_STALL_S))  # run to completion
         for v in self.registry:
-            if v.batcher.stalled(threshold_s=HEARTBEAT_STALL_S):
+            if v.batcher.stalled(threshold_s=HEARTBEAT_STALL_S) or v.name in wedged:
                 problems.append(f"inference worker for {v.name} is stalled")
         directory = multiproc_dir()
         if siblings and directory is not None:
@@ -360,6 +364,16 @@ class ClassifierService:
         """Classify ``data`` with ``target`` (from ``resolve``: readiness already checked)."""
         cost = decode_cost(data)
         with self.admit(target, cost=cost) if admit else contextlib.nullcontext():
+            if self._runs_to_completion(target):
+                one = await self._run_to_completion(data, target, cost=cost, deadline=deadline)
+                return Classification(
+                    variant=target,
+                    predictions=self.top_k(one.probs, topk),
+                    decode_ms=one.wait_ms + one.decode_ms,
+                    queue_ms=0.0,
+                    inference_ms=one.inference_ms,
+                    batch_size=1,
+                )
             array, decode_ms = await self.decode(data, target, cost=cost)
             done = await target.batcher.submit(array, deadline=deadline)
             if isinstance(done.result, ServiceError):
@@ -372,6 +386,54 @@ class ClassifierService:
             inference_ms=done.inference_ms,
             batch_size=done.batch_size,
         )
+
+    def _runs_to_completion(self, target: LoadedVariant) -> bool:
+        return self.settings.run_to_completion and hasattr(target.backend, "predict_one")
+
+    async def _run_to_completion(
+        self, data: bytes, target: LoadedVariant, *, cost: float, deadline: float | None
+    ) -> Completed1:
+        """Decode and forward ``data`` as one task in ``target``'s decode lane (no batch, no
+        hand-off between threads). Answers at the deadline if the task has not started."""
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded(f"the deadline passed before model {target.name} was reached")
+        future = self.decode_pool.submit_to(
+            target.name,
+            cost,
+            decode_and_forward,
+            data,
+            target.backend,
+            target.spec.preprocessing,
+            self.settings.max_pixels,
+            name=target.name,
+            enqueued=now,
+            deadline=deadline,
+            alone=self._alone,
+        )
+        waiter = asyncio.wrap_future(future)
+        try:
+            if deadline is not None:
+                await asyncio.wait((waiter,), timeout=deadline - now)
+                if not waiter.done() and future.cancel():  # still queued: no compute spent
+                    raise DeadlineExceeded(
+                        f"the deadline passed after {(time.monotonic() - now) * 1000:.0f} ms "
+                        f"waiting for a decode thread for model {target.name}"
+                    )
+            one = await waiter
+        except BaseException:
+            # Cancelled (the client went away) or past the deadline: a task still queued
+            # is dropped (asyncio.wait leaves what it waits on running).
+            future.cancel()
+            waiter.cancel()
+            raise
+        target.batcher.account(one.wait_ms, one.inference_ms)
+        return one
+
+    def _alone(self) -> bool:
+        """Called on a decode thread running one request to completion: is it the only
+        work (then the all-threads interpreter runs it)?"""
+        return self.decode_pool.load() <= 1 and self.inference_pool.load() == 0
 
     @contextlib.contextmanager
     def admit(
