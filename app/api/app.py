@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api.errors import install_error_handlers, send_error
 from app.api.explain_routes import router as explain_router
+from app.api.fast_predict import FastPredictRoute
 from app.api.intake import UploadCounter, UploadGuardMiddleware, UploadLimits
 from app.api.middleware import BodyLimitMiddleware, FastRejectMiddleware, RequestIdMiddleware
 from app.api.openapi import install_openapi
@@ -111,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(explain_router)
+    # Plain POST /predict requests skip FastAPI's dependency solver (same handler after).
+    app.router.routes.insert(0, FastPredictRoute())
     from app.protocols import install_protocols
 
     # before the UI, whose mount catches every other path

@@ -32,6 +32,7 @@ from app.errors import ServiceError
 from app.serving.names import describe_names
 from app.serving.registry import LoadedVariant
 from app.serving.service import Classification, ClassifierService
+from app.settings import Settings
 
 router = APIRouter()
 
@@ -281,6 +282,19 @@ async def predict(
 
     `curl -F file=@cat.jpg 'http://127.0.0.1:8000/predict?model=v3'`
     """
+    return await classify_upload(request, service, settings, deadline, choice, topk)
+
+
+async def classify_upload(
+    request: Request,
+    service: ClassifierService,
+    settings: Settings,
+    deadline: float,
+    choice: VariantChoice,
+    topk: int,
+) -> Response | PredictResponse:
+    """POST /predict once its parameters are known: by FastAPI (``predict``) or by the
+    fast path for plain requests (``app.api.fast_predict``)."""
     start = time.perf_counter()
     # A variant name once resolved; before that a fixed word, never the client's text
     # (random model names would make unbounded Prometheus label series).
