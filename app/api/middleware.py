@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -28,6 +28,12 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def new_request_id() -> str:
+    """32 random hex digits, as ``uuid4().hex`` but without a getrandom() call per request
+    (an id needs to be unique, not unpredictable; ``random`` reseeds in forked workers)."""
+    return f"{random.getrandbits(128):032x}"
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -37,21 +43,14 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if _ID_OK.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _ID_OK.match(incoming) else new_request_id()
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
 
-        def send_with_status(inner: Send) -> Send:
-            async def wrapped(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await inner(message)
-
-            return wrapped
-
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = [
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
                 ]
@@ -62,7 +61,7 @@ class RequestIdMiddleware:
         start = time.perf_counter()
         status = 500
         try:
-            await self.app(scope, receive, send_with_status(send_with_id))
+            await self.app(scope, receive, send_with_id)
         finally:
             if scope["path"] not in QUIET_PATHS:
                 access_log.info(

@@ -47,6 +47,7 @@ from app.serving.execution import (
     is_oom,
     lower_thread_priority,
     make_predict_fn,
+    top_k,
 )
 from app.serving.registry import LoadedVariant, Registry
 from app.settings import Settings
@@ -365,10 +366,13 @@ class ClassifierService:
         cost = decode_cost(data)
         with self.admit(target, cost=cost) if admit else contextlib.nullcontext():
             if self._runs_to_completion(target):
-                one = await self._run_to_completion(data, target, cost=cost, deadline=deadline)
+                one = await self._run_to_completion(
+                    data, target, cost=cost, deadline=deadline, topk=topk
+                )
+                labels = self.labels
                 return Classification(
                     variant=target,
-                    predictions=self.top_k(one.probs, topk),
+                    predictions=[Prediction(i, labels[i], score) for i, score in one.top],
                     decode_ms=one.wait_ms + one.decode_ms,
                     queue_ms=0.0,
                     inference_ms=one.inference_ms,
@@ -391,7 +395,13 @@ class ClassifierService:
         return self.settings.run_to_completion and hasattr(target.backend, "predict_one")
 
     async def _run_to_completion(
-        self, data: bytes, target: LoadedVariant, *, cost: float, deadline: float | None
+        self,
+        data: bytes,
+        target: LoadedVariant,
+        *,
+        cost: float,
+        deadline: float | None,
+        topk: int,
     ) -> Completed1:
         """Decode and forward ``data`` as one task in ``target``'s decode lane (no batch, no
         hand-off between threads). Answers at the deadline if the task has not started."""
@@ -407,6 +417,7 @@ class ClassifierService:
             target.spec.preprocessing,
             self.settings.max_pixels,
             name=target.name,
+            topk=topk,
             enqueued=now,
             deadline=deadline,
             alone=self._alone,
@@ -543,12 +554,7 @@ class ClassifierService:
         return [item for item, _ in results]
 
     def top_k(self, probs: np.ndarray, k: int) -> list[Prediction]:
-        k = min(k, probs.shape[0])
-        idx = np.argpartition(-probs, k - 1)[:k]
-        idx = idx[np.argsort(-probs[idx], kind="stable")]
-        return [
-            Prediction(index=int(i), label=self.labels[int(i)], score=float(probs[i])) for i in idx
-        ]
+        return [Prediction(i, self.labels[i], score) for i, score in top_k(probs, k)]
 
 
 def check_pixels(pixels: np.ndarray, target: LoadedVariant) -> np.ndarray:
