@@ -235,16 +235,19 @@ def headline_repeats(
     rounds: int,
     wrk_cell: WrkCell | None = None,
     after_ours: Callable[[], None] | None = None,
+    also: Sequence[str] = (),
 ) -> list[ServerRun]:
     """The headline cell again, ours and the peer each restarted for every round, in the
     order peer, ours, ours, peer, ...: this machine drifts by tens of per cent within
     minutes, so one cell per server, minutes apart, can flatter either side.
     ``after_ours`` runs right after each of our runs (the headline's limit, measured
-    again next to the cell it judges)."""
+    again next to the cell it judges). ``also``: more of our configurations, each run
+    right after ours in every round (``ours-per-core``)."""
     variant, _, conc = HEADLINE
     runs: list[ServerRun] = []
     for r in range(rounds):
-        order = [HEADLINE_PEER, "ours"] if r % 2 == 0 else ["ours", HEADLINE_PEER]
+        ours = ["ours", *also]
+        order = [HEADLINE_PEER, *ours] if r % 2 == 0 else [*ours, HEADLINE_PEER]
         for name in order:
             runs.append(
                 bench_server(

@@ -8,7 +8,7 @@ import math
 import statistics
 from typing import Any
 
-from bench.rows import HEADLINE, WrkRow, fmt, md_table
+from bench.rows import HEADLINE, HEADLINE_OURS, WrkRow, fmt, md_table
 
 CPU_TARGET = 1.2  # the bar: server CPU per request <= 1.2x the limit's per image
 
@@ -41,7 +41,8 @@ def headline_stats(
     for p in rtc:
         limits.setdefault((p["variant"], p["input"]), []).append(p)
     out = []
-    for (variant, inp, body, conc), got in _group(rows + repeats, "ours").items():
+    groups = [(srv, k, g) for srv in HEADLINE_OURS for k, g in _group(rows + repeats, srv).items()]
+    for server, (variant, inp, body, conc), got in groups:
         points = limits.get((variant, inp), [])
         rps = _median([r.rps for r in got])
         cpu = _median([r.server_cpu_ms for r in got])
@@ -49,6 +50,7 @@ def headline_stats(
         limit_cpu = _median([p["cpu_ms"] for p in points])
         out.append(
             {
+                "server": server,
                 "variant": variant,
                 "input": inp,
                 "body": body,
@@ -72,6 +74,7 @@ def headline_stats(
 def headline_cells(stats: list[dict[str, Any]]) -> list[list[str]]:
     return [
         [
+            s.get("server", "ours"),
             s["variant"],
             s["input"],
             s["body"],
@@ -96,6 +99,7 @@ def headline_cells(stats: list[dict[str, Any]]) -> list[list[str]]:
 
 
 HEADLINE_HEADERS = [
+    "server",
     "variant",
     "input",
     "body",

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"extra rounds of the headline cell {HEADLINE} for ours and {HEADLINE_PEER}, "
         f"each server restarted (default {DEFAULT_REPEATS}, 0 with --quick)",
     )
+    p.add_argument(
+        "--no-per-core",
+        action="store_true",
+        help="leave ours-per-core (MOBILENET_WORKERS = cores) out of the headline repeats",
+    )
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument(
@@ -245,7 +250,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         and input_name in inputs
         and conc in concurrencies
     ):
-        print(f"headline cell again: {rounds} round(s) of {HEADLINE_PEER} and ours", flush=True)
+        print(
+            f"headline cell again: {rounds} round(s) of {HEADLINE_PEER}, ours"
+            + ("" if args.no_per_core else " and ours-per-core"),
+            flush=True,
+        )
 
         def headline_limit() -> None:
             """The same run's limit of the headline cell, again after each of our runs."""
@@ -264,6 +273,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             rounds=rounds,
             wrk_cell=WrkCell(input_name) if use_wrk else None,
             after_ours=headline_limit,
+            also=() if args.no_per_core else ("ours-per-core",),
         )
     lim: dict[str, list[dict[str, Any]]] = {}
     http_alone: list[Row] = []
@@ -364,7 +374,7 @@ def print_summary(report: dict[str, Any], rows: list[Row]) -> None:
     rtc = [*report["limits"].get("rtc_repeats", []), *report["limits"].get("rtc", [])]
     for s in wrk_headline.headline_stats(wrk_all, [], rtc):
         print(
-            f"wrk {s['variant']} {s['input']} {s['body']}: req/s "
+            f"wrk {s['server']} {s['variant']} {s['input']} {s['body']}: req/s "
             + ", ".join(fmt(x) for x in s["rps"])
             + f" (median {fmt(s['rps_median'])}) vs limit {fmt(s['limit_img_s'])} img/s "
             f"-> {fmt(s['limit_ratio'], 2)}; CPU {fmt(s['server_cpu_ms'], 2)} ms/req vs "

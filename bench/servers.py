@@ -81,6 +81,11 @@ def _no_env(port: int, variant: str, weights: Path) -> dict[str, str]:
     return {}
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (affinity), as our server counts them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def server_defs(ours_env: dict[str, str]) -> dict[str, ServerDef]:
     """Every server the harness knows; ``ours_env`` adds settings to both of ours."""
     return {
@@ -88,6 +93,15 @@ def server_defs(ours_env: dict[str, str]) -> dict[str, ServerDef]:
             "ours",
             ours_command,
             ours_env_fn(ours_env),
+            "/readyz",
+            lambda v: f"/predict?variant={v}",
+        ),
+        # One worker process per core (MOBILENET_WORKERS): no GIL shared between the event
+        # loop and the decode threads of another core; about one more model's memory each.
+        "ours-per-core": ServerDef(
+            "ours-per-core",
+            ours_command,
+            ours_env_fn({"MOBILENET_WORKERS": str(usable_cores()), **ours_env}),
             "/readyz",
             lambda v: f"/predict?variant={v}",
         ),

@@ -131,9 +131,17 @@ def test_headline_compares_wrk_cells_with_the_limit_of_the_same_input() -> None:
         wrk_row("ours", 270.0, 5.5, body="raw"),
         wrk_row("litserve", 80.0, 20.0),
     ]
-    repeats = [wrk_row("litserve", 90.0, 19.0), wrk_row("ours", 210.0, 6.5)]
-    stats = {(s["input"], s["body"]): s for s in headline_stats(grid, repeats, rtc)}
+    repeats = [
+        wrk_row("litserve", 90.0, 19.0),
+        wrk_row("ours", 210.0, 6.5),
+        wrk_row("ours-per-core", 280.0, 5.8),  # one worker process per core
+    ]
+    all_stats = headline_stats(grid, repeats, rtc)
+    stats = {(s["input"], s["body"]): s for s in all_stats if s["server"] == "ours"}
     head = stats[("720p", "multipart")]
+    (per_core,) = [s for s in all_stats if s["server"] == "ours-per-core"]
+    assert per_core["limit_ratio"] == pytest.approx(280 / 300)
+    assert per_core["cpu_ratio"] == pytest.approx(5.8 / 5.0)
     assert head["rps"] == [240.0, 210.0] and head["rps_median"] == 225.0
     assert head["limit_img_s_runs"] == [300.0, 250.0, 500.0] and head["limit_img_s"] == 300.0
     assert head["limit_ratio"] == pytest.approx(225 / 300)
