@@ -51,7 +51,7 @@ async def _client(
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError:
-            rows.append((0, 0.0))
+            rows.append((0, 0.0, time.time()))
             await asyncio.sleep(0.05)
             continue
         try:
@@ -68,15 +68,17 @@ async def _client(
                 await reader.readexactly(length)
                 t1 = time.time()
                 if t0 >= start and t1 <= stop:
-                    rows.append((status, t1 - t0))
+                    rows.append((status, t1 - t0, t1))
         except (OSError, asyncio.IncompleteReadError, ValueError):
             if time.time() < stop:
-                rows.append((0, 0.0))
+                rows.append((0, 0.0, time.time()))
         finally:
             writer.close()
 
 
-def _process(args: tuple) -> list[tuple[int, float]]:
+def _process(args: tuple) -> list[tuple[int, float, float]]:
+    """One load process: (status, latency s, end time) of every answer in the window
+    (status 0: a connection error)."""
     host, port, requests, clients, first, start, stop = args
     try:
         import uvloop
@@ -84,7 +86,7 @@ def _process(args: tuple) -> list[tuple[int, float]]:
         uvloop.install()
     except ImportError:
         pass
-    rows: list[tuple[int, float]] = []
+    rows: list[tuple[int, float, float]] = []
 
     async def main() -> None:
         await asyncio.gather(
@@ -122,8 +124,8 @@ def run(
             (host, port, requests, n, f, start, stop) for n, f in zip(shares, firsts, strict=True)
         ]
         rows = [row for part in pool.map(_process, jobs, chunksize=1) for row in part]
-    ok = np.array([lat for status, lat in rows if status == 200]) * 1000
-    errors = sum(1 for status, _ in rows if status != 200)
+    ok = np.array([lat for status, lat, _ in rows if status == 200]) * 1000
+    errors = sum(1 for status, _, _ in rows if status != 200)
     p50, p99 = np.percentile(ok, [50, 99]) if ok.size else (float("nan"),) * 2
     return {
         "path": path,
