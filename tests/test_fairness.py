@@ -186,7 +186,7 @@ def test_heavy_png_flood_on_v3_leaves_v1_responsive(
     assert any("v3-small" in ln and float(ln.rsplit(" ", 1)[1]) > 0 for ln in shed), shed
 
 
-def test_jpeg_flood_on_v2_keeps_v1_median_within_3x_of_idle(
+def test_jpeg_flood_on_v2_keeps_v1_median_within_2x_of_idle(
     server: ServerProcess, cat: bytes, images_dir: Path
 ) -> None:
     # Idle measured right before the flood: this machine's speed drifts within minutes.
@@ -205,7 +205,8 @@ def test_jpeg_flood_on_v2_keeps_v1_median_within_3x_of_idle(
     print("\n" + report)
     assert {s for s, _ in rows} == {200}, report
     assert statuses[200] > 0, report
-    # Issue 21's target is 2x; on 2 cores ten runs gave 1.56-2.3x (median 1.9x: the V1
-    # forward runs single-threaded and shares the cores with the flood), so this guards
-    # the fairness itself (5.6x before it) with 3x, and the 2x target stays open.
-    assert p50 < 3 * idle_probe[0], report
+    # Issue 21's target. With run to completion (the V1 probe decoded and forwarded on
+    # the decode thread its lane holds, no hand-off to a shared inference thread) twelve
+    # runs on 2 cores gave 1.06-1.5x; the batcher path gave 1.6-1.8x on the same day
+    # (1.56-2.3x the day before), and 5.6x before fair scheduling.
+    assert p50 < 2 * idle_probe[0], report

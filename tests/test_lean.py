@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import WeightsError
+from app.inference.select import gpu_possible
 from app.serving.service import ClassifierService
 from app.settings import Settings
 from app.weights import SPECS_BY_NAME, fetch_variants, imagenet_labels, store
@@ -54,7 +55,7 @@ PROBE = textwrap.dedent(
     from app.api import create_app
     from app.settings import Settings
 
-    settings = Settings(weights_dir=weights, device="cpu", backend="auto", variants=None,
+    settings = Settings(weights_dir=weights, device=sys.argv[6], backend="auto", variants=None,
                         threads=int(sys.argv[5]))
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 300
@@ -82,9 +83,12 @@ PROBE = textwrap.dedent(
 ).format(HEAVY=set(HEAVY))
 
 
-def _probe(mode: str, weights: Path, mirror: Path, image: Path, *, threads: int = 1) -> dict:
+def _probe(
+    mode: str, weights: Path, mirror: Path, image: Path, *, threads: int = 1, device: str = "cpu"
+) -> dict:
+    args = [mode, str(weights), str(mirror), str(image), str(threads), device]
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, mode, str(weights), str(mirror), str(image), str(threads)],
+        [sys.executable, "-c", PROBE, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -133,6 +137,19 @@ def test_serving_litert_variants_never_imports_torch_even_when_installed(
     assert out["heavy"] == [], "serving LiteRT variants imported " + ", ".join(out["heavy"])
     assert out["backends"] == ["litert"] and len(out["variants"]) == 7
     assert out["top"]["index"] == EGYPTIAN_CAT
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(gpu_possible(), reason="this host has a GPU device node")
+def test_device_auto_on_a_host_without_a_gpu_never_imports_torch(
+    weights_dir: Path, mirror_dir: Path, images_dir: Path
+) -> None:
+    """The default MOBILENET_DEVICE=auto with torch installed (this venv): no GPU device
+    node, so CPU without importing torch to ask (it cost ~550 MB of RSS per replica)."""
+    out = _probe("installed", weights_dir, mirror_dir, images_dir / "cat.bmp", device="auto")
+    assert out["heavy"] == [], "device=auto imported " + ", ".join(out["heavy"])
+    assert out["backends"] == ["litert"] and len(out["variants"]) == 7
+    assert out["rss_mb"] < RSS_LIMIT_MB, out["rss_mb"]
 
 
 @pytest.mark.parametrize(

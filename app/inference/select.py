@@ -7,6 +7,8 @@ upstream file is kept (it is the reference model and the fastest on CPU), else t
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -25,11 +27,25 @@ class TorchMissing(WeightsError):
     """A setting or variant needs torch, which is an extra (``mobilenet-serve[torch]``)."""
 
 
+# Device nodes a CUDA (or ROCm) GPU shows up as: Linux, containers with the NVIDIA toolkit,
+# WSL2 (/dev/dxg), ROCm (/dev/kfd).
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def gpu_possible() -> bool:
+    """Whether this host could have a GPU torch can use, without importing torch."""
+    if sys.platform != "linux":
+        return True  # no cheap test: let torch say
+    return any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch is installed and a GPU is usable, else ``cpu``.
 
-    Without torch this never imports it: LiteRT serving on CPU needs none."""
-    if device == "cpu" or (device == "auto" and not torch_available()):
+    On a host with no GPU device node this never imports torch, even where it is
+    installed: LiteRT serving on CPU needs none (importing it only to learn that CUDA is
+    absent cost a CPU replica ~550 MB of RSS)."""
+    if device == "cpu" or (device == "auto" and not (gpu_possible() and torch_available())):
         return "cpu"
     if device.startswith("cuda") and not torch_available():
         raise TorchMissing(
