@@ -61,8 +61,10 @@ def machine_markdown(info: dict[str, Any], ours_env: dict[str, str]) -> str:
         f"ai-edge-litert {info.get('ai-edge-litert', '-')}, litserve {info.get('litserve', '-')}, "
         f"uvicorn {info.get('uvicorn', '-')}, Pillow {info.get('pillow', '-')}",
         f"- Threads: ours uses its defaults, MOBILENET_THREADS = MOBILENET_DECODE_THREADS = {n} "
-        f"(LiteRT: {n} single-threaded interpreters share each batch, a lone image goes to one "
-        f"{n}-thread interpreter; batch <= 16, wait 2 ms; extra settings: {extra}); naive: torch "
+        f"(LiteRT: each single-image request runs to completion on a decode thread, which "
+        f"forwards it on its own single-threaded interpreter, or on a {n}-thread one when "
+        f"nothing else is running; client batches <= 16, wait 2 ms; extra settings: {extra}); "
+        f"ours-per-core: the same with MOBILENET_WORKERS = {n}, one thread each; naive: torch "
         f"default intra-op threads ({n}), 1 uvicorn worker; litserve: {min(n, 4)} worker(s) x "
         f"{max(1, n // min(n, 4))} torch thread(s), batch <= 16, timeout 5 ms, fast_queue.",
         f"- Platform: {info['platform']}",
