@@ -377,6 +377,48 @@ IMAGE = imagegen.jpeg_photo((160, 120))
 JPEG = {"content-type": "image/jpeg"}
 
 
+def leaving_request(app, *, rid: str | None = None) -> tuple[asyncio.Task, asyncio.Event, list]:
+    """A raw ASGI POST /predict of IMAGE whose client hangs up when the returned event is
+    set; returns the app's task, that event and the messages the app sent."""
+    hang_up = asyncio.Event()
+    sent: list[dict] = []
+    body_sent = False
+
+    async def receive() -> dict:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": IMAGE, "more_body": False}
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"host", b"app"),
+        (b"content-type", b"image/jpeg"),
+        (b"content-length", str(len(IMAGE)).encode()),
+    ]
+    if rid is not None:
+        headers.append((b"x-request-id", rid.encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("app", 80),
+    }
+    return asyncio.create_task(app(scope, receive, send)), hang_up, sent
+
+
 def _variant(app):
     return app.state.service.registry.variants[INPROC_VARIANT]
 
@@ -470,42 +512,8 @@ def test_disconnected_client_work_is_dropped(
             before = v.batcher.stats
 
             # A raw ASGI request whose client hangs up once it is queued.
-            hang_up = asyncio.Event()
-            sent: list[dict] = []
-            body_sent = False
-
-            async def receive() -> dict:
-                nonlocal body_sent
-                if not body_sent:
-                    body_sent = True
-                    return {"type": "http.request", "body": IMAGE, "more_body": False}
-                await hang_up.wait()
-                return {"type": "http.disconnect"}
-
-            async def send(message: dict) -> None:
-                sent.append(message)
-
             rid = uuid.uuid4().hex
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "POST",
-                "scheme": "http",
-                "path": "/predict",
-                "raw_path": b"/predict",
-                "root_path": "",
-                "query_string": b"",
-                "headers": [
-                    (b"host", b"app"),
-                    (b"content-type", b"image/jpeg"),
-                    (b"content-length", str(len(IMAGE)).encode()),
-                    (b"x-request-id", rid.encode()),
-                ],
-                "client": ("127.0.0.1", 50000),
-                "server": ("app", 80),
-            }
-            call = asyncio.create_task(app(scope, receive, send))
+            call, hang_up, sent = leaving_request(app, rid=rid)
             await wait_for(lambda: v.batcher.depth == 1, what="the request to be queued")
             hang_up.set()
             await asyncio.wait_for(call, 10)
@@ -606,40 +614,7 @@ def test_run_to_completion_queued_request_of_a_gone_client_costs_nothing(
             monkeypatch.setattr(v.backend, "predict_one", gate)
             busy = asyncio.create_task(client.post("/predict", content=IMAGE, headers=JPEG))
             await wait_for(gate.entered.is_set, what="the forward to start")
-            hang_up = asyncio.Event()
-            sent: list[dict] = []
-            body_sent = False
-
-            async def receive() -> dict:
-                nonlocal body_sent
-                if not body_sent:
-                    body_sent = True
-                    return {"type": "http.request", "body": IMAGE, "more_body": False}
-                await hang_up.wait()
-                return {"type": "http.disconnect"}
-
-            async def send(message: dict) -> None:
-                sent.append(message)
-
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "POST",
-                "scheme": "http",
-                "path": "/predict",
-                "raw_path": b"/predict",
-                "root_path": "",
-                "query_string": b"",
-                "headers": [
-                    (b"host", b"app"),
-                    (b"content-type", b"image/jpeg"),
-                    (b"content-length", str(len(IMAGE)).encode()),
-                ],
-                "client": ("127.0.0.1", 50001),
-                "server": ("app", 80),
-            }
-            call = asyncio.create_task(app(scope, receive, send))
+            call, hang_up, sent = leaving_request(app)
             await wait_for(lambda: pool.waiting().get(v.name) == 1, what="a queued request")
             hang_up.set()
             await asyncio.wait_for(call, 10)
