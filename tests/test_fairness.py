@@ -206,7 +206,7 @@ def test_jpeg_flood_on_v2_keeps_v1_median_within_2x_of_idle(
     assert {s for s, _ in rows} == {200}, report
     assert statuses[200] > 0, report
     # Issue 21's target. With run to completion (the V1 probe decoded and forwarded on
-    # the decode thread its lane holds, no hand-off to a shared inference thread) twelve
+    # the decode thread its lane holds, no hand-off to a shared inference thread) sixteen
     # runs on 2 cores gave 1.06-1.5x; the batcher path gave 1.6-1.8x on the same day
     # (1.56-2.3x the day before), and 5.6x before fair scheduling.
     assert p50 < 2 * idle_probe[0], report
