@@ -450,6 +450,11 @@ class Batcher(Generic[T, R]):
         self._record_rate(1, max(inference_ms, 1e-3) / 1000)
         self._notify("on_batch", 1, [queue_ms], inference_ms)
 
+    def count_client_batch(self, n: int) -> None:
+        """A client batch of ``n`` run outside ``submit_many`` (one image run to
+        completion): the client-batch metric still counts it."""
+        self._notify("on_submit_many", n)
+
     # --- helpers ----------------------------------------------------------------------------
     def _fail(self, entries: list[_Entry[T, R]], exc: Exception) -> None:
         log.error(

@@ -1,5 +1,6 @@
 """Client batches: one request carrying N images (the protocols' batch inputs,
-``/predict/batch``), as one admission and one ``submit_many`` so they share a batch.
+``/predict/batch``), as one admission and one ``submit_many`` so they share a batch. A
+batch of one encoded image on LiteRT runs to completion instead, as ``/predict`` does.
 
 A mixin of ``ClassifierService`` (``app.serving.service``), kept apart because it is the
 protocols' entry and the single-image path is the service's own.
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.errors import InvalidRequest, ServiceError
+from app.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, ServiceError
 from app.imaging.cost import decode_cost
 from app.serving.execution import JpegItem
 from app.serving.registry import LoadedVariant
@@ -64,6 +65,8 @@ class ClientBatches:
         if (images is None) == (pixels is None):
             raise ValueError("pass images or pixels")
         n = len(images) if images is not None else int(pixels.shape[0])
+        if images is not None and n == 1 and self._runs_to_completion(target):
+            return await self._infer_one(target, images[0], deadline)
         with self.admit_batch(target, n, images or ()):
             t0 = time.perf_counter()
             if images is not None:
@@ -83,6 +86,35 @@ class ClientBatches:
             queue_ms=max(d.queue_ms for d in done),
             inference_ms=max(d.inference_ms for d in done),
             batch_sizes=[d.batch_size for d in done],
+        )
+
+    async def _infer_one(
+        self: ClassifierService, target: LoadedVariant, data: bytes, deadline: float | None
+    ) -> BatchInference:
+        """A client batch of one image (most protocol requests) runs to completion like a
+        ``/predict`` upload: same admission cost, same task, errors worded as a batch's."""
+        cost = decode_cost(data)
+        with self.admit(target, cost=cost):
+            target.batcher.count_client_batch(1)
+            try:
+                one = await self._run_to_completion(
+                    data, target, cost=cost, deadline=deadline, topk=None
+                )
+            except (DeadlineExceeded, InferenceFailed) as exc:
+                exc.message = f"image 0: {exc.message}"  # as the batcher's are worded
+                exc.args = (exc.message,)
+                raise
+            except ServiceError as exc:  # the file itself
+                exc.message = f"image 0 of 1: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        return BatchInference(
+            variant=target,
+            probabilities=one.probs[None].astype(np.float32, copy=False),
+            decode_ms=one.wait_ms + one.decode_ms,
+            queue_ms=0.0,
+            inference_ms=one.inference_ms,
+            batch_sizes=[1],
         )
 
     async def _decode_all(

@@ -36,7 +36,8 @@ class JpegItem:
 class Completed1:
     """One image run to completion on a decode thread, with where its time went (ms)."""
 
-    top: list[tuple[int, float]]  # the k best (class, score), best first
+    top: list[tuple[int, float]]  # the k best (class, score), best first; empty if k is None
+    probs: np.ndarray | None  # every class's probability, only when k is None
     wait_ms: float  # queued for a decode thread
     decode_ms: float
     inference_ms: float
@@ -49,14 +50,15 @@ def decode_and_forward(
     max_pixels: int,
     *,
     name: str,
-    topk: int,
+    topk: int | None,
     enqueued: float,
     deadline: float | None,
     alone: Callable[[], bool],
 ) -> Completed1:
     """Run on a decode thread: decode, then forward on the same thread (run to completion).
 
-    Returns the ``topk`` best classes. The deadline is checked between the two, as the
+    Returns the ``topk`` best classes (every class's probability when ``topk`` is None: the
+    protocols answer with the whole vector). The deadline is checked between the two, as the
     batcher checks it before a batch: an image decoded too late costs no forward. A model
     failure is the request's ``InferenceFailed``; a bad file is its own error from
     ``prepare``."""
@@ -74,8 +76,8 @@ def decode_and_forward(
         raise InferenceFailed(f"model {name} failed: {type(exc).__name__}: {exc}") from exc
     t2 = time.monotonic()
     # The top k here, not on the event loop: the loop is the gate every answer waits at.
-    top = top_k(probs[0], topk)
-    return Completed1(top, (t0 - enqueued) * 1000, (t1 - t0) * 1000, (t2 - t1) * 1000)
+    top, whole = ([], probs[0]) if topk is None else (top_k(probs[0], topk), None)
+    return Completed1(top, whole, (t0 - enqueued) * 1000, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
 
 def top_k(probs: np.ndarray, k: int) -> list[tuple[int, float]]:

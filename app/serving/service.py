@@ -389,7 +389,7 @@ class ClassifierService(ClientBatches):
         *,
         cost: float,
         deadline: float | None,
-        topk: int,
+        topk: int | None,
     ) -> Completed1:
         """Decode and forward ``data`` as one task in ``target``'s decode lane (no batch, no
         hand-off between threads). Answers at the deadline if the task has not started."""
