@@ -8,6 +8,7 @@ in CI (``CI=true``) it is an error, so real-weight tests can never silently vani
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOBILENET_SHARED_DIR", REPO.parent / "shared"))
@@ -44,6 +46,30 @@ def mirror_dir() -> Path:
 def images_dir() -> Path:
     """Real photos: cat.bmp, bird.bmp, cat_720p.jpg, ... and imagenet-sample/."""
     return _need(IMAGES)
+
+
+@pytest.fixture(scope="session")
+def cat(images_dir: Path) -> bytes:
+    return (images_dir / "cat.bmp").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def bird(images_dir: Path) -> bytes:
+    return (images_dir / "bird.bmp").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def cat_jpeg(images_dir: Path) -> bytes:
+    """1280x720 JPEG (921,600 pixels, ~105 KB)."""
+    return (images_dir / "cat_720p.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def small_cat_jpeg(images_dir: Path) -> bytes:
+    """cat.bmp as a 256x171 JPEG (a few KB, 43,776 pixels)."""
+    buf = io.BytesIO()
+    Image.open(images_dir / "cat.bmp").convert("RGB").resize((256, 171)).save(buf, "JPEG")
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

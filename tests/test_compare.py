@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +16,6 @@ import numpy as np
 import pytest
 
 CAT = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
-
-
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
 
 
 def post(client: Any, path: str, data: bytes, **params: Any) -> httpx.Response:

@@ -40,11 +40,6 @@ CAT_BOX = (45, 30, 370, 341)
 HEAD_BOX = (175, 30, 350, 225)
 
 
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
-
-
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)

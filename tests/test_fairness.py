@@ -149,11 +149,6 @@ def server(weights_dir: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
-
-
-@pytest.fixture(scope="module")
 def idle_probe(server: ServerProcess, cat: bytes) -> tuple[float, float]:
     rows = asyncio.run(_probe(server.url, cat, 40, 0.02))
     assert {s for s, _ in rows} == {200}

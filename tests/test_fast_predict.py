@@ -4,7 +4,6 @@ same body, headers and errors, with the real app and weights (``app_client``).""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,11 +13,6 @@ from app.api.fast_predict import plain_query
 
 CAT = {281, 282, 285}
 VOLATILE = ("request_id", "timings")
-
-
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
 
 
 @pytest.fixture

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-
-
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
 
 
 def test_v1_explain_matches_the_explain_route(app_client: Any, cat: bytes) -> None:

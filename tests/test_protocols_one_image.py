@@ -5,18 +5,12 @@ metrics as the batch path. In-process app (``app_client``), both paths side by s
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 V3 = "v3-small-1.0-224"
-
-
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
 
 
 def oip_infer(client: Any, model: str, image: bytes) -> Any:

@@ -58,11 +58,6 @@ def client(server: tuple[ServerProcess, int]) -> Iterator[Any]:
     c.close()
 
 
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
-
-
 def predict_top5(server: ServerProcess, data: bytes, variant: str) -> list[dict]:
     r = httpx.post(
         f"{server.url}/predict",

@@ -4,18 +4,12 @@ the OpenAPI document. The rules themselves are tabled in tests/test_selector.py.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 CAT = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
-
-
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
 
 
 def post(client: Any, data: bytes, query: str, route: str = "/predict") -> httpx.Response:

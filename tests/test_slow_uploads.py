@@ -171,11 +171,6 @@ def server(weights_dir: Path) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
-
-
 def _check(server: ServerProcess, trickle: Trickle, ordinary: list, peak: dict, base: dict):
     statuses = Counter(s for s, _ in ordinary)
     ok = sorted(lat for s, lat in ordinary if s == 200)

@@ -79,11 +79,6 @@ def server(weights_dir: Path) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def cat(images_dir: Path) -> bytes:
-    return (images_dir / "cat.bmp").read_bytes()
-
-
 def _predict(client: httpx.Client, cat: bytes) -> int:
     return client.post(
         "/predict", params={"model": "v1"}, files={"file": ("c.bmp", cat)}
