@@ -20,6 +20,12 @@ class ServiceError(Exception):
         self.message = message
         self.details = details
 
+    def prefix(self, where: str) -> None:
+        """Say which part of a request failed (``image 2 of 4``), in the message and in
+        ``str(exc)`` alike."""
+        self.message = f"{where}: {self.message}"
+        self.args = (self.message,)
+
 
 # --- the request ------------------------------------------------------------------------
 class InvalidRequest(ServiceError):

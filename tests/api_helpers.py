@@ -8,19 +8,12 @@ from typing import Any
 import httpx
 
 from app.inference import litert_backend
+from tests.shared_data import MIRROR_NAMES
 
 CAT = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
 CHICKADEE = 19
-ALL_VARIANTS = [
-    "v1-0.25-128",
-    "v1-0.5-160",
-    "v1-0.75-192",
-    "v1-0.75-224",
-    "v1-1.0-224",
-    "v2-1.0-224",
-    "v3-small-1.0-224",
-]
+ALL_VARIANTS = MIRROR_NAMES  # app_client loads every variant the mirror holds
 ACCEPTED = ("JPEG", "PNG", "WebP", "BMP", "GIF", "TIFF")
 
 

@@ -28,18 +28,11 @@ from app.weights import SPECS_BY_NAME, default_variants, fetch_variants, load_mo
 from app.weights.fetch import download, fetch_variant
 from app.weights.specs import TORCHVISION, VariantSpec
 from app.weights.store import MANIFEST, SOURCES, present_variants, read_manifest, sha256_file
+from tests.shared_data import MIRROR_NAMES
 
 torch.set_num_threads(2)
 
-MIRROR_VARIANTS = {
-    "v1-0.25-128",
-    "v1-0.5-160",
-    "v1-0.75-192",
-    "v1-0.75-224",
-    "v1-1.0-224",
-    "v2-1.0-224",
-    "v3-small-1.0-224",
-}
+MIRROR_VARIANTS = set(MIRROR_NAMES)
 SMALL = SPECS_BY_NAME["v1-0.25-128"]  # the smallest file: fastest to move and convert
 TWO_FILES = SPECS_BY_NAME["v1-1.0-224"]  # extractor + head, the head at another path
 

@@ -26,16 +26,9 @@ from app.settings import Settings
 from app.weights import SPECS_BY_NAME, default_variants, fetch_variants
 from app.weights.fetch import fetch_variant
 from app.weights.store import SOURCES, is_current, read_manifest, sha256_file
+from tests.shared_data import MIRROR_NAMES
 
-MIRROR_VARIANTS = {
-    "v1-0.25-128",
-    "v1-0.5-160",
-    "v1-0.75-192",
-    "v1-0.75-224",
-    "v1-1.0-224",
-    "v2-1.0-224",
-    "v3-small-1.0-224",
-}
+MIRROR_VARIANTS = set(MIRROR_NAMES)
 SMALL = SPECS_BY_NAME["v1-0.25-128"]
 TWO_FILES = SPECS_BY_NAME["v1-1.0-224"]
 

@@ -20,16 +20,8 @@ from app.errors import ConflictingParameters, InvalidRequest, ServiceError, Unkn
 from app.serving.names import MODELS, NAME_PATTERNS, release_names
 from app.serving.registry import LoadedVariant, Registry
 from app.weights.specs import SPECS_BY_NAME
+from tests.shared_data import MIRROR_NAMES
 
-MIRROR_NAMES = [
-    "v1-0.25-128",
-    "v1-0.5-160",
-    "v1-0.75-192",
-    "v1-0.75-224",
-    "v1-1.0-224",
-    "v2-1.0-224",
-    "v3-small-1.0-224",
-]
 ALL_NAMES = [
     *MIRROR_NAMES,
     "v2-1.0-224-torchvision",

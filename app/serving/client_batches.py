@@ -77,7 +77,7 @@ class ClientBatches:
             done = await target.batcher.submit_many(items, deadline=deadline)
         for i, d in enumerate(done):
             if isinstance(d.result, ServiceError):
-                d.result.message = f"image {i}: {d.result.message}"
+                d.result.prefix(f"image {i}")
                 raise d.result
         return BatchInference(
             variant=target,
@@ -101,12 +101,10 @@ class ClientBatches:
                     data, target, cost=cost, deadline=deadline, topk=None
                 )
             except (DeadlineExceeded, InferenceFailed) as exc:
-                exc.message = f"image 0: {exc.message}"  # as the batcher's are worded
-                exc.args = (exc.message,)
+                exc.prefix("image 0")  # as the batcher's are worded
                 raise
             except ServiceError as exc:  # the file itself
-                exc.message = f"image 0 of 1: {exc.message}"
-                exc.args = (exc.message,)
+                exc.prefix("image 0 of 1")
                 raise
         return BatchInference(
             variant=target,
@@ -126,8 +124,7 @@ class ClientBatches:
         )
         for i, r in enumerate(results):
             if isinstance(r, ServiceError):
-                r.message = f"image {i} of {len(images)}: {r.message}"
-                r.args = (r.message,)
+                r.prefix(f"image {i} of {len(images)}")
                 raise r
             if isinstance(r, BaseException):
                 raise r

@@ -357,10 +357,9 @@ class ClassifierService(ClientBatches):
                 one = await self._run_to_completion(
                     data, target, cost=cost, deadline=deadline, topk=topk
                 )
-                labels = self.labels
                 return Classification(
                     variant=target,
-                    predictions=[Prediction(i, labels[i], score) for i, score in one.top],
+                    predictions=self.labelled(one.top),
                     decode_ms=one.wait_ms + one.decode_ms,
                     queue_ms=0.0,
                     inference_ms=one.inference_ms,
@@ -480,4 +479,8 @@ class ClassifierService(ClientBatches):
             raise NotReady("models are still loading; retry shortly")
 
     def top_k(self, probs: np.ndarray, k: int) -> list[Prediction]:
-        return [Prediction(i, self.labels[i], score) for i, score in top_k(probs, k)]
+        return self.labelled(top_k(probs, k))
+
+    def labelled(self, top: list[tuple[int, float]]) -> list[Prediction]:
+        """(class, score) pairs, best first, with their labels."""
+        return [Prediction(i, self.labels[i], score) for i, score in top]
