@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing as mp
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +45,15 @@ def one_round(
         requests = rawload.build_requests(
             host="127.0.0.1", port=port, path=path, images=[body], per_request=1
         )
-        shares = [clients // processes + (i < clients % processes) for i in range(processes)]
-        start = time.time() + 0.3  # every process connects at the same instant
-        jobs = [
-            ("127.0.0.1", port, requests, n, sum(shares[:i]), start, start + seconds)
-            for i, n in enumerate(shares)
-        ]
-        with mp.get_context("fork").Pool(processes) as pool:
-            rows = [r for part in pool.map(rawload._process, jobs, chunksize=1) for r in part]
+        rows, start = rawload.drive(
+            "127.0.0.1",
+            port,
+            requests,
+            concurrency=clients,
+            processes=processes,
+            delay_s=0.3,
+            seconds=seconds,  # every process connects at the same instant
+        )
     # The first requests sent (start = end - latency), each answered within the flood:
     # sorting by completion instead would drop exactly the slow ones near the cut.
     rows.sort(key=lambda r: r[2] - r[1])

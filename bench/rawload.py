@@ -97,6 +97,33 @@ def _process(args: tuple) -> list[tuple[int, float, float]]:
     return rows
 
 
+def drive(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    *,
+    concurrency: int,
+    processes: int,
+    delay_s: float,
+    seconds: float,
+) -> tuple[list[tuple[int, float, float]], float]:
+    """``concurrency`` lean clients split over ``processes`` load processes, all starting
+    ``delay_s`` after the processes exist and stopping ``seconds`` later. Returns every
+    answer's (status, latency s, end time) and the start time."""
+    processes = max(1, min(processes, concurrency))
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    firsts = [sum(shares[:i]) for i in range(processes)]
+    # fork: the children run only asyncio, never the parent's torch or CUDA state.
+    with mp.get_context("fork").Pool(processes) as pool:
+        start = time.time() + delay_s
+        jobs = [
+            (host, port, requests, n, f, start, start + seconds)
+            for n, f in zip(shares, firsts, strict=True)
+        ]
+        rows = [row for part in pool.map(_process, jobs, chunksize=1) for row in part]
+    return rows, start
+
+
 def run(
     *,
     host: str = "127.0.0.1",
@@ -113,17 +140,15 @@ def run(
     requests = build_requests(
         host=host, port=port, path=path, images=images, per_request=per_request
     )
-    processes = max(1, min(processes, concurrency))
-    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
-    firsts = [sum(shares[:i]) for i in range(processes)]
-    # fork: the children run only asyncio, never the parent's torch or CUDA state.
-    with mp.get_context("fork").Pool(processes) as pool:
-        start = time.time() + warmup_s + 0.2
-        stop = start + seconds
-        jobs = [
-            (host, port, requests, n, f, start, stop) for n, f in zip(shares, firsts, strict=True)
-        ]
-        rows = [row for part in pool.map(_process, jobs, chunksize=1) for row in part]
+    rows, _ = drive(
+        host,
+        port,
+        requests,
+        concurrency=concurrency,
+        processes=processes,
+        delay_s=warmup_s + 0.2,
+        seconds=seconds,
+    )
     ok = np.array([lat for status, lat, _ in rows if status == 200]) * 1000
     errors = sum(1 for status, _, _ in rows if status != 200)
     p50, p99 = np.percentile(ok, [50, 99]) if ok.size else (float("nan"),) * 2
